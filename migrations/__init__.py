@@ -1,0 +1,1 @@
+"""Alembic migrations for fpcancel's tables; run them with `fpcancel db upgrade`."""

@@ -1,0 +1,164 @@
+"""The two tables ops read directly: `cancel_jobs` and `cancel_attempts` (SPEC.md, "Tables").
+
+The names in SPEC.md are fixed; the extra columns are the worker's bookkeeping and are documented
+in README.md ("The job table").
+"""
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from models.types import UTCDateTime
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY, so BIGINT becomes INTEGER there.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class JobStatus(StrEnum):
+    """Every status a job can have; SPEC.md, "Job statuses", is the source of these names."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    ALREADY_PAID = "already_paid"
+    NOT_FOUND = "not_found"
+    INVALID_PAYLOAD = "invalid_payload"
+    DEAD = "dead"
+    FAILED = "failed"
+
+
+class AttemptKind(StrEnum):
+    CANCEL = "cancel"
+    STATUS_CHECK = "status_check"
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        JobStatus.SUCCEEDED,
+        JobStatus.ALREADY_PAID,
+        JobStatus.NOT_FOUND,
+        JobStatus.INVALID_PAYLOAD,
+        JobStatus.DEAD,
+        JobStatus.FAILED,
+    }
+)
+# An order has at most one job in these: enqueueing it again returns that job (SPEC.md, "Dedup").
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.SUCCEEDED)
+RETRYABLE_BY_OPS = (JobStatus.DEAD, JobStatus.FAILED)
+
+_active_sql = "status IN ('queued', 'running', 'retrying', 'succeeded')"
+_waiting_sql = "status IN ('queued', 'retrying')"
+_in_flight_sql = "dispatch_token IS NOT NULL"
+_status_list = ", ".join(f"'{s.value}'" for s in JobStatus)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CancelJob(Base):
+    """One order to cancel, from enqueue to a terminal status."""
+
+    __tablename__ = "cancel_jobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_uuid: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str] = mapped_column(String(1000))
+    source: Mapped[str | None] = mapped_column(String(64))
+    lane: Mapped[str] = mapped_column(String(8), server_default="live")
+    status: Mapped[str] = mapped_column(String(16), server_default=JobStatus.QUEUED.value)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_http_status: Mapped[int | None] = mapped_column(Integer)
+    last_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # Bookkeeping (README.md, "The job table").
+    last_errors: Mapped[str | None] = mapped_column(Text)  # JSON of a 417's `errors`
+    round_start_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    needs_status_check: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    dispatch_token: Mapped[str | None] = mapped_column(String(32))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    in_call_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lost_claims: Mapped[int] = mapped_column(Integer, server_default="0")
+
+    calls: Mapped[list["CancelAttempt"]] = relationship(
+        back_populates="job", order_by="CancelAttempt.number", passive_deletes=True
+    )
+
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_status_list})", name="ck_cancel_jobs_status"),
+        CheckConstraint("lane IN ('live', 'bulk')", name="ck_cancel_jobs_lane"),
+        # The database, not the code, keeps an order to one active-or-succeeded job.
+        Index(
+            "uq_cancel_jobs_active_order",
+            "order_uuid",
+            unique=True,
+            postgresql_where=text(_active_sql),
+            sqlite_where=text(_active_sql),
+        ),
+        Index("ix_cancel_jobs_order_uuid", "order_uuid", "id"),
+        Index("ix_cancel_jobs_status_id", "status", "id"),
+        Index("ix_cancel_jobs_source_id", "source", "id"),
+        Index("ix_cancel_jobs_created_at", "created_at"),
+        # The scheduler's "what is due, customers first" query.
+        Index(
+            "ix_cancel_jobs_due",
+            "lane",
+            "next_attempt_at",
+            postgresql_where=text(_waiting_sql),
+            sqlite_where=text(_waiting_sql),
+        ),
+        # The scheduler's "how much is in flight" count stays small whatever the table's size.
+        Index(
+            "ix_cancel_jobs_in_flight",
+            "status",
+            postgresql_where=text(_in_flight_sql),
+            sqlite_where=text(_in_flight_sql),
+        ),
+    )
+
+
+class CancelAttempt(Base):
+    """One call to the provider: a cancel POST or a status check."""
+
+    __tablename__ = "cancel_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigId, ForeignKey("cancel_jobs.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ... over every call of the job
+    kind: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(24))
+    message: Mapped[str | None] = mapped_column(Text)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    # Bookkeeping: whether this call counted against FPCANCEL_MAX_ATTEMPTS, and the delay chosen after it.
+    counted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    retry_in_ms: Mapped[int | None] = mapped_column(Integer)
+
+    job: Mapped[CancelJob] = relationship(back_populates="calls")
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('cancel', 'status_check')", name="ck_cancel_attempts_kind"),
+        Index("uq_cancel_attempts_job_number", "job_id", "number", unique=True),
+        Index("ix_cancel_attempts_started_at", "started_at"),
+    )

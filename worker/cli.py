@@ -1,0 +1,321 @@
+"""`fpcancel`: the command line (SPEC.md, "Command line").
+
+Exit codes: 0 success; 2 bad input (a bad argument or setting, an unknown job, a job in the wrong
+state), with a one-line reason; 1 any other failure (database or broker unreachable).
+`--json` prints machine-readable output on stdout; human text and progress go to stderr.
+"""
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from worker import __version__
+from worker.errors import BadInput, FpcancelError, ServiceError
+from worker.settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("fpcancel")
+
+
+def fail(message: str, code: int) -> click.ClickException:
+    exc = click.ClickException(message)
+    exc.exit_code = code
+    return exc
+
+
+def handle_errors(func: F) -> F:
+    """Turn fpcancel's errors into the SPEC's exit codes with a one-line reason."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except BadInput as exc:
+            raise fail(str(exc), 2) from None
+        except (OperationalError, DBAPIError) as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise fail(f"database unreachable or failing: {reason}", 1) from None
+        except (FpcancelError, ServiceError) as exc:
+            raise fail(str(exc), exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def say(message: str) -> None:
+    """Human text: to stderr, so stdout stays for what scripts read."""
+    click.echo(message, err=True)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="fpcancel")
+def main() -> None:
+    """Cancel orders at Front Payment reliably and in bulk.
+
+    Settings come from the environment (and ./.env): FRONTPAYMENT_TOKEN, FRONTPAYMENT_BASE_URL,
+    FPCANCEL_DATABASE_URL (default sqlite:///fpcancel.db), FPCANCEL_BROKER_URL (default
+    redis://localhost:6379/0), FPCANCEL_MAX_ATTEMPTS, FPCANCEL_RETRY_BASE_SECONDS,
+    FPCANCEL_RETRY_MAX_SECONDS, FPCANCEL_HTTP_TIMEOUT_SECONDS, FPCANCEL_RATE_LIMIT. See README.md.
+
+    Exit codes: 0 success, 2 bad input (nothing written), 1 any other failure.
+    """
+
+
+# -- db ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@handle_errors
+def db_upgrade() -> None:
+    """Migrate the database to the newest schema (Alembic)."""
+    from models.db import make_engine
+    from worker.migrate import current_revision, upgrade
+
+    engine = make_engine(settings().database_url)
+    upgrade(engine)
+    say(f"database at revision {current_revision(engine)}")
+    engine.dispose()
+
+
+# -- enqueue -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("order_uuid")
+@click.option("--note", required=True, help="Cancellation note sent to Front Payment (1-1,000 characters).")
+@click.option("--source", default=None, help="A label for where the job came from (1-64 of A-Z a-z 0-9 _ - . :).")
+@click.option(
+    "--lane",
+    type=click.Choice(["live", "bulk"]),
+    default="live",
+    show_default=True,
+    help="live jobs (customers) go ahead of bulk ones under the one rate limit.",
+)
+@json_option
+@handle_errors
+def enqueue(order_uuid: str, note: str, source: str | None, lane: str, as_json: bool) -> None:
+    """Enqueue one cancellation of ORDER_UUID (e.g. ODR123456789) and print the job's id.
+
+    If the order already has a job that is queued, running, retrying or succeeded, no new job is
+    made and that job's id is printed (with --json, "created": false).
+    """
+    from worker.producer import Producer
+
+    producer = Producer.from_settings(settings())
+    from worker.validation import clean_lane, clean_note, clean_order_uuid, clean_source
+
+    # Check everything before the database is even opened.
+    clean_order_uuid(order_uuid)
+    clean_note(note)
+    clean_source(source)
+    clean_lane(lane)
+    job = producer.enqueue(order_uuid, note, source, lane)
+    if job.created and lane == "live" and not job.published:
+        say(f"warning: broker unreachable; job {job.id} is saved and a worker's scheduler will send it")
+    if as_json:
+        emit_json({"id": job.id, "order_uuid": job.order_uuid, "status": job.status, "created": job.created})
+    else:
+        if not job.created:
+            say(f"order {job.order_uuid} already has job {job.id} ({job.status}); no new job")
+        click.echo(job.id)
+
+
+# -- worker ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True, help="Task threads in this worker.")
+@click.option("--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: one JSON object per line.")
+@handle_errors
+def worker(concurrency: int, loglevel: str, log_format: str) -> None:
+    """Run a worker until SIGTERM: the Celery worker (threads) plus the scheduler.
+
+    Refuses to start without FRONTPAYMENT_TOKEN, or with a plain-http base URL that is not
+    loopback. On SIGTERM it stops taking jobs, lets calls in flight finish and records them;
+    jobs waiting for a rate-limit slot go back to the table untouched.
+    """
+    from worker.service import run_worker
+
+    current = settings()
+    current.check_provider()
+    run_worker(current, concurrency=concurrency, loglevel=loglevel.upper(), log_json=log_format == "json")
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def jobs() -> None:
+    """Read and steer the job table."""
+
+
+STATUS_CHOICE = click.Choice(
+    ["queued", "running", "retrying", "succeeded", "already_paid", "not_found", "invalid_payload", "dead", "failed"]
+)
+
+
+def parse_time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    from datetime import UTC
+
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise fail(f"{name}: {value!r} is not an ISO 8601 time (e.g. 2026-11-27T08:00:00Z)", 2) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@jobs.command("list")
+@click.option("--status", "statuses", multiple=True, type=STATUS_CHOICE, help="Only these statuses (repeatable).")
+@click.option("--order", "order_uuid", default=None, help="Only this order's jobs.")
+@click.option("--source", default=None, help="Only jobs with this source.")
+@click.option("--since", default=None, help="Created at or after this ISO 8601 time (UTC if no zone).")
+@click.option("--until", default=None, help="Created before this ISO 8601 time.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@json_option
+@handle_errors
+def jobs_list(
+    statuses: tuple[str, ...],
+    order_uuid: str | None,
+    source: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    from models.db import make_engine, make_session_factory
+    from worker.queries import list_jobs
+    from worker.validation import clean_order_uuid, clean_source
+
+    if order_uuid is not None:
+        clean_order_uuid(order_uuid, "--order")
+    clean_source(source, "--source")
+    since_at, until_at = parse_time(since, "--since"), parse_time(until, "--until")
+    engine = make_engine(settings().database_url)
+    with make_session_factory(engine)() as session:
+        rows = list_jobs(
+            session,
+            statuses=statuses,
+            order_uuid=order_uuid,
+            source=source,
+            since=since_at,
+            until=until_at,
+            limit=limit,
+            offset=offset,
+        )
+    engine.dispose()
+    if as_json:
+        emit_json(rows)
+        return
+    from worker.render import jobs_table
+
+    jobs_table(rows)
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@json_option
+@handle_errors
+def jobs_show(job_id: int, as_json: bool) -> None:
+    """One job with every call it made to the provider, oldest first."""
+    from models.db import make_engine, make_session_factory
+    from worker.queries import job_with_calls
+
+    engine = make_engine(settings().database_url)
+    with make_session_factory(engine)() as session:
+        data = job_with_calls(session, job_id)
+    engine.dispose()
+    if as_json:
+        emit_json(data)
+        return
+    from worker.render import job_detail
+
+    job_detail(data)
+
+
+# -- sandbox -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port.")
+@click.option("--token", envvar="SANDBOX_TOKEN", default=None, help="Accept only this bearer token (default: any). Env: SANDBOX_TOKEN.")
+@click.option("--rate-limit", default="240/60", show_default=True, help="CALLS/SECONDS before answering 429, or 'off'.")
+@click.option("--scenario", type=click.File("r"), default=None, help='JSON: {"orders": {"ODR1": {"status": "PAID", "script": ["510"]}}}.')
+@click.option(
+    "--unknown-orders",
+    type=click.Choice(["open", "missing"]),
+    default="open",
+    show_default=True,
+    help="Orders not in the scenario: open (cancellable) or missing (404).",
+)
+@click.option("--verbose", is_flag=True, help="Log every request.")
+@handle_errors
+def sandbox(
+    host: str,
+    port: int,
+    token: str | None,
+    rate_limit: str,
+    scenario: Any,
+    unknown_orders: str,
+    verbose: bool,
+) -> None:
+    """A local stand-in for Front Payment's API, for demos, tests and your own integration work.
+
+    Serves POST /api/v1/connect/orders/cancel/{id} and GET /api/v1/connect/orders/status/{id}
+    with every documented answer, checks the token and the payload, sends rate-limit headers
+    and 429s, and misbehaves on request per order (script steps: 510, 503:retry-after=2,
+    502-html, slow:S, late:S, drop, 401, 429, ...). Control endpoints live under /_sandbox/.
+    Point workers at it with FRONTPAYMENT_BASE_URL=http://127.0.0.1:PORT/api/v1.
+    """
+    from worker import sandbox as sb
+
+    try:
+        limit = None if rate_limit.strip().lower() in ("off", "none", "0") else sb.parse_rate_limit(rate_limit)
+    except ValueError as exc:
+        raise fail(f"--rate-limit: {exc}", 2) from None
+    server = sb.SandboxServer(host, port, token=token, rate_limit=limit, unknown_orders=unknown_orders, verbose=verbose)
+    if scenario is not None:
+        try:
+            server.load_scenario(json.load(scenario))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise fail(f"--scenario: {exc}", 2) from None
+    say(f"sandbox listening: FRONTPAYMENT_BASE_URL={server.base_url}")
+    server.serve_forever()
+
+
+def run() -> None:
+    main(prog_name="fpcancel")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""What producers call: `enqueue_cancel` for one order, `enqueue_bulk` for a stock-out.
+
+The job is committed first and published after, so a broker outage loses nothing: the job waits
+in the table and the scheduler sends it. The CLI's `enqueue` and `enqueue-bulk` call these same
+functions.
+
+    from worker.producer import enqueue_cancel
+    job_id = enqueue_cancel("ODR123456789", "customer changed their mind", source="shop")
+"""
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.db import make_engine, make_session_factory, utcnow
+from worker import jobs
+from worker.app import Dispatch, make_celery, publish
+from worker.bulk import BulkResult, BulkRow, write_bulk
+from worker.settings import Settings, load_settings
+from worker.validation import clean_lane, clean_note, clean_order_uuid, clean_source
+
+log = logging.getLogger("fpcancel.producer")
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What `enqueue` did: the job's id and status, whether it is new, whether it reached the
+    broker already (if not, the scheduler sends it)."""
+
+    id: int
+    order_uuid: str
+    status: str
+    created: bool
+    published: bool
+
+
+class Producer:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        app: Celery,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.sessions = sessions
+        self.app = app
+        self.clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Producer":
+        engine = make_engine(settings.database_url)
+        return cls(make_session_factory(engine), make_celery(settings))
+
+    def enqueue(
+        self, order_uuid: str, note: str, source: str | None = None, lane: str = "live"
+    ) -> Enqueued:
+        """Validate, write the job (or find the order's active one), then publish a live job."""
+        order_uuid = clean_order_uuid(order_uuid)
+        note = clean_note(note)
+        source = clean_source(source)
+        lane = clean_lane(lane)
+        now = self.clock()
+        # Customers' jobs go straight to the broker; bulk ones wait for the scheduler's pace.
+        token = uuid.uuid4().hex if lane == "live" else None
+        with self.sessions.begin() as session:
+            job = jobs.insert_job(
+                session,
+                order_uuid=order_uuid,
+                note=note,
+                source=source,
+                lane=lane,
+                now=now,
+                dispatch_token=token,
+            )
+        published = False
+        if job.created and token is not None:
+            try:
+                publish(self.app, [Dispatch(job.id, token, lane)])
+                published = True
+            except Exception as exc:
+                log.warning(
+                    "broker unreachable (%s): job %s is saved and the scheduler will send it",
+                    type(exc).__name__,
+                    job.id,
+                )
+                with self.sessions.begin() as session:
+                    jobs.clear_dispatch(session, [job.id], [token])
+        return Enqueued(job.id, job.order_uuid, job.status, job.created, published)
+
+    def enqueue_bulk(
+        self,
+        rows: Iterable[BulkRow | tuple[str, str]],
+        source: str | None = None,
+        lane: str = "bulk",
+        progress: Callable[[int], None] | None = None,
+    ) -> BulkResult:
+        """Write many jobs (already validated rows), batch by batch; the scheduler sends them."""
+        source = clean_source(source)
+        lane = clean_lane(lane)
+        return write_bulk(self.sessions, rows, source=source, lane=lane, now=self.clock, progress=progress)
+
+
+@lru_cache(maxsize=1)
+def default_producer() -> Producer:
+    """The producer for this process's environment (FPCANCEL_DATABASE_URL, FPCANCEL_BROKER_URL)."""
+    return Producer.from_settings(load_settings())
+
+
+def enqueue_cancel(
+    order_uuid: str, note: str, source: str | None = None, lane: str = "live"
+) -> int:
+    """Enqueue one cancellation; returns the job's id (the existing job's, if the order has an
+    active or succeeded one). Raises `ValidationError` on a bad id, note, source or lane."""
+    return default_producer().enqueue(order_uuid, note, source, lane).id
+
+
+def enqueue_bulk(
+    rows: Iterable[BulkRow | tuple[str, str]], source: str | None = None, lane: str = "bulk"
+) -> BulkResult:
+    """Enqueue many cancellations: `rows` of (order_uuid, note). Every row is validated before
+    anything is written; one bad row raises `BulkInputError` listing every bad row."""
+    from worker.bulk import validate_rows
+
+    return default_producer().enqueue_bulk(validate_rows(rows), source, lane)

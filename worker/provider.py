@@ -1,0 +1,210 @@
+"""Front Payment's order API over `requests`: the one place HTTP turns into fpcancel's types.
+
+What a call returns or raises:
+
+    Answer                      the provider answered: status, parsed JSON or raw text, headers
+    ProviderError
+    └── TransportError          no answer came back
+        ├── ConnectFailed       the request never left (refused, DNS, connect timeout): safe to resend
+        └── AnswerLost          the request may have arrived (read timeout, dropped connection)
+
+Nothing here raises a `requests` exception, and nothing here puts the token in a message.
+"""
+
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+
+from worker import __version__
+from worker.validation import clean_order_uuid
+
+USER_AGENT = f"fpcancel/{__version__} (+https://github.com/fpcancel/fpcancel)"
+BODY_KEEP_CHARS = 2000
+# The headers decisions read; everything else stays behind.
+KEPT_HEADERS = (
+    "content-type",
+    "retry-after",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the provider answered to one call."""
+
+    status: int
+    body: Any  # the parsed JSON, or None when the body is not JSON
+    text: str  # the raw body, trimmed to BODY_KEEP_CHARS
+    headers: Mapping[str, str] = field(default_factory=dict)
+    duration_ms: int = 0
+
+    @property
+    def message(self) -> str | None:
+        """The API's `message` field, when the body is a JSON object that has one."""
+        if isinstance(self.body, dict):
+            value = self.body.get("message")
+            return value if isinstance(value, str) else None
+        return None
+
+
+class ProviderError(Exception):
+    """Base of what a provider call raises instead of answering."""
+
+    def __init__(self, message: str, duration_ms: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.duration_ms = duration_ms
+
+
+class TransportError(ProviderError):
+    """No HTTP answer came back."""
+
+    sent = True
+
+
+class ConnectFailed(TransportError):
+    """The request never reached the provider."""
+
+    sent = False
+
+
+class AnswerLost(TransportError):
+    """The request may have reached the provider, but its answer did not reach us."""
+
+
+def _transport_error(exc: requests.RequestException, duration_ms: int) -> TransportError:
+    """Map a `requests` exception to ours, by whether the request can have left."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return ConnectFailed("connect timeout", duration_ms)
+    if isinstance(exc, requests.ReadTimeout):
+        return AnswerLost("read timeout: no answer in time", duration_ms)
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, NewConnectionError | NameResolutionError | ConnectTimeoutError):
+            return ConnectFailed(f"cannot connect: {type(cause).__name__}", duration_ms)
+        cause = cause.__context__ or cause.__cause__ or _first_arg_exception(cause)
+    return AnswerLost(f"connection failed: {type(exc).__name__}: {_innermost(exc)}", duration_ms)
+
+
+def _first_arg_exception(exc: BaseException) -> BaseException | None:
+    # urllib3 wraps the cause in MaxRetryError.reason / ProtocolError.args, not __cause__.
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        return reason
+    for arg in exc.args:
+        if isinstance(arg, BaseException):
+            return arg
+    return None
+
+
+def _innermost(exc: BaseException) -> str:
+    seen: BaseException = exc
+    nxt = _first_arg_exception(seen)
+    while nxt is not None and nxt is not seen:
+        seen = nxt
+        nxt = _first_arg_exception(seen)
+    return type(seen).__name__
+
+
+class FrontPaymentClient:
+    """Calls Front Payment's cancel and status endpoints.
+
+    One `requests.Session` per thread (sessions are not thread-safe), each with a connection pool
+    of `pool_size`. Pass `session_factory` to hand it a fake transport in tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_size: int = 8,
+        session_factory: Any = None,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._auth_header = f"Bearer {token}"
+        self._timeout = (connect_timeout, read_timeout)
+        self._pool_size = pool_size
+        self._session_factory = session_factory or self._new_session
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"FrontPaymentClient({self._base_url!r}, token=***)"
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.trust_env = False  # no proxy or netrc from the environment changes where calls go
+        return session
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._session_factory()
+            self._local.session = session
+        return session
+
+    def cancel_order(self, order_uuid: str, note: str) -> Answer:
+        """POST /connect/orders/cancel/{id} with `{"cancellationNote": note}`."""
+        return self._call("POST", "cancel", order_uuid, {"cancellationNote": note})
+
+    def order_status(self, order_uuid: str) -> Answer:
+        """GET /connect/orders/status/{id}."""
+        return self._call("GET", "status", order_uuid, None)
+
+    def _call(self, method: str, action: str, order_uuid: str, payload: Any) -> Answer:
+        order = quote(clean_order_uuid(order_uuid), safe="")
+        url = f"{self._base_url}/connect/orders/{action}/{order}"
+        headers = {
+            "Authorization": self._auth_header,
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        data = None
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(payload).encode()
+        started = perf_counter()
+        try:
+            response = self._session().request(
+                method, url, data=data, headers=headers, timeout=self._timeout, allow_redirects=False
+            )
+            raw = response.content
+        except requests.RequestException as exc:
+            raise _transport_error(exc, _ms_since(started)) from None
+        return parse_answer(response.status_code, raw, response.headers, _ms_since(started))
+
+    def close(self) -> None:
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+
+
+def parse_answer(status: int, raw: bytes, headers: Mapping[str, str], duration_ms: int = 0) -> Answer:
+    """An `Answer` from what came over the wire; a body that is not JSON stays text."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        body: Any = json.loads(text) if text.strip() else None
+    except ValueError:
+        body = None
+    lowered = {name.lower(): value for name, value in headers.items()}
+    kept = {name: lowered[name] for name in KEPT_HEADERS if name in lowered}
+    return Answer(status, body, text[:BODY_KEEP_CHARS], kept, duration_ms)
+
+
+def _ms_since(started: float) -> int:
+    return int((perf_counter() - started) * 1000)

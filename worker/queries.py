@@ -1,0 +1,111 @@
+"""What ops read: jobs and their calls, as the `--json` output shows them (column names as keys)."""
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.tables import CancelAttempt, CancelJob
+from worker.errors import UnknownJobError
+
+JOB_FIELDS = (
+    "id",
+    "order_uuid",
+    "note",
+    "source",
+    "lane",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "last_http_status",
+    "last_message",
+    "last_errors",
+    "created_at",
+    "updated_at",
+    "finished_at",
+)
+CALL_FIELDS = (
+    "id",
+    "job_id",
+    "number",
+    "kind",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "http_status",
+    "outcome",
+    "message",
+    "response_body",
+    "counted",
+    "retry_in_ms",
+)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC, with a Z."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _plain(value: Any) -> Any:
+    return iso(value) if isinstance(value, datetime) else value
+
+
+def job_dict(job: CancelJob) -> dict[str, Any]:
+    data = {name: _plain(getattr(job, name)) for name in JOB_FIELDS}
+    if data["last_errors"] is not None:
+        try:
+            data["last_errors"] = json.loads(data["last_errors"])
+        except ValueError:
+            pass
+    return data
+
+
+def call_dict(call: CancelAttempt) -> dict[str, Any]:
+    return {name: _plain(getattr(call, name)) for name in CALL_FIELDS}
+
+
+def get_job(session: Session, job_id: int) -> CancelJob:
+    job = session.get(CancelJob, job_id)
+    if job is None:
+        raise UnknownJobError(f"job {job_id}: no such job")
+    return job
+
+
+def job_with_calls(session: Session, job_id: int) -> dict[str, Any]:
+    """`jobs show`: the job and every call it made, oldest first."""
+    job = get_job(session, job_id)
+    calls = session.scalars(
+        select(CancelAttempt).where(CancelAttempt.job_id == job_id).order_by(CancelAttempt.number)
+    ).all()
+    return {**job_dict(job), "calls": [call_dict(c) for c in calls]}
+
+
+def list_jobs(
+    session: Session,
+    *,
+    statuses: tuple[str, ...] = (),
+    order_uuid: str | None = None,
+    source: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Newest first."""
+    stmt = select(CancelJob)
+    if statuses:
+        stmt = stmt.where(CancelJob.status.in_(statuses))
+    if order_uuid is not None:
+        stmt = stmt.where(CancelJob.order_uuid == order_uuid)
+    if source is not None:
+        stmt = stmt.where(CancelJob.source == source)
+    if since is not None:
+        stmt = stmt.where(CancelJob.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(CancelJob.created_at < until)
+    stmt = stmt.order_by(CancelJob.id.desc()).limit(limit).offset(offset)
+    return [job_dict(job) for job in session.scalars(stmt)]

@@ -1,0 +1,281 @@
+"""The provider's call budget, shared by every worker on every host through Redis.
+
+Promise (SPEC.md, "Rate and lanes"): no more than N calls start in any W seconds, status checks
+included. The limiter keeps a sliding log of call start times in a Redis sorted set, stamped with
+Redis's own clock so that hosts' clocks do not matter, and grants or refuses a call in one Lua
+script. The window it keeps is W plus a small margin, so that the jitter between our stamp and the
+provider's arrival time cannot make the provider see N+1 calls in its W.
+
+Lanes: a `live` caller that has to wait registers itself; while one waits, `bulk` callers are
+refused, so customers take the next free slot. Bulk gets every slot that no customer is waiting
+for, so it is never starved for good.
+
+Pauses: a 429, a refused token or a wrong URL pauses every worker's calls (`pause`); the
+limiter refuses until the pause has passed.
+"""
+
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from redis import Redis
+
+from worker.settings import RateLimit
+
+PREFIX = "fpcancel:rate:"
+# A live waiter that stops asking (its worker died) stops holding bulk back after this long.
+LIVE_WAITER_TTL_MS = 3000
+
+
+def window_with_margin_ms(limit: RateLimit) -> int:
+    """W plus 1 % and 50 ms: room for send-time jitter that costs ~2 % of the budget at 20/2."""
+    return int(limit.per_seconds * 1000 * 1.01) + 50
+
+
+class Limiter(Protocol):
+    def try_acquire(self, lane: str, caller: str) -> float:
+        """0 when a call may start now (and it is counted); else seconds to wait first."""
+
+    def pause(self, reason: str, seconds: float) -> None:
+        """Stop every worker's calls for `seconds` (a longer pause already set wins)."""
+
+    def paused_for(self) -> float:
+        """Seconds until calls may start again (0 when not paused)."""
+
+    def window_full_for(self) -> float:
+        """The provider said none remain: seconds until our own window frees a slot, or a
+        whole window when ours has room (the budget is shared with someone else)."""
+
+    def clear_pause(self, reason: str) -> None: ...
+
+    def note_failure(self, reason: str) -> int:
+        """Count one more refusal in a row for `reason`; returns the count."""
+
+    def note_success(self) -> None:
+        """A call went through: the refusal counts start again."""
+
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local lane = ARGV[3]
+local caller = ARGV[4]
+local waiter_ttl = tonumber(ARGV[5])
+local paused = 0
+for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  local untill = tonumber(redis.call('GET', key) or '0')
+  if untill - now > paused then paused = untill - now end
+end
+if paused > 0 then return paused end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+if lane ~= 'live' and redis.call('ZCARD', KEYS[4]) > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if oldest[2] then return math.max(1, tonumber(oldest[2]) + window - now) end
+  return 20
+end
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, caller .. ':' .. now)
+  redis.call('PEXPIRE', KEYS[1], window)
+  redis.call('ZREM', KEYS[4], caller)
+  return 0
+end
+if lane == 'live' then
+  redis.call('ZADD', KEYS[4], now + waiter_ttl, caller)
+  redis.call('PEXPIRE', KEYS[4], waiter_ttl)
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+"""
+
+_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untill = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if untill > current then
+  redis.call('SET', KEYS[1], untill, 'PX', tonumber(ARGV[1]) + 1000)
+end
+return untill - now
+"""
+
+_PAUSED_FOR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local paused = 0
+for _, key in ipairs(KEYS) do
+  local untill = tonumber(redis.call('GET', key) or '0')
+  if untill - now > paused then paused = untill - now end
+end
+return paused
+"""
+
+_WINDOW_FULL_FOR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if oldest[2] == nil then return window end
+return math.max(0, tonumber(oldest[2]) + window - now)
+"""
+
+
+class RedisLimiter:
+    """The fleet-wide limiter; every method is one round trip to Redis."""
+
+    def __init__(self, redis: Redis, limit: RateLimit, *, namespace: str = "default") -> None:
+        self._redis = redis
+        self._limit = limit
+        self._window_ms = window_with_margin_ms(limit)
+        base = f"{PREFIX}{namespace}:"
+        self._calls_key = base + "calls"
+        self._waiters_key = base + "live-waiters"
+        self._pause_keys = {
+            "rate_limited": base + "pause:rate",
+            "unauthorized": base + "pause:auth",
+            "misrouted": base + "pause:auth",  # both are configuration faults: one growing pause
+        }
+        self._failures_key = base + "failures:"
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._pause = redis.register_script(_PAUSE)
+        self._paused_for = redis.register_script(_PAUSED_FOR)
+        self._window_full_for = redis.register_script(_WINDOW_FULL_FOR)
+
+    def try_acquire(self, lane: str, caller: str) -> float:
+        keys = [
+            self._calls_key,
+            self._pause_keys["rate_limited"],
+            self._pause_keys["unauthorized"],
+            self._waiters_key,
+        ]
+        args = [self._limit.calls, self._window_ms, lane, caller, LIVE_WAITER_TTL_MS]
+        return int(self._acquire(keys=keys, args=args)) / 1000
+
+    def pause(self, reason: str, seconds: float) -> None:
+        self._pause(keys=[self._pause_keys[reason]], args=[max(1, int(seconds * 1000))])
+
+    def paused_for(self) -> float:
+        keys = sorted(set(self._pause_keys.values()))
+        return int(self._paused_for(keys=keys)) / 1000
+
+    def window_full_for(self) -> float:
+        args = [self._limit.calls, self._window_ms]
+        return int(self._window_full_for(keys=[self._calls_key], args=args)) / 1000
+
+    def clear_pause(self, reason: str) -> None:
+        self._redis.delete(self._pause_keys[reason], self._failures_key + reason)
+
+    def note_failure(self, reason: str) -> int:
+        key = self._failures_key + reason
+        pipe = self._redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, 3600)
+        count, _ = pipe.execute()
+        return int(count)
+
+    def note_success(self) -> None:
+        self._redis.delete(self._failures_key + "unauthorized", self._failures_key + "misrouted")
+
+
+class LocalLimiter:
+    """The same promise inside one process, for the embedded demo (memory broker, no Redis)."""
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = limit
+        self._window = window_with_margin_ms(limit) / 1000
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._calls: deque[float] = deque()
+        self._live_waiters: dict[str, float] = {}
+        self._paused_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+
+    def _reason_key(self, reason: str) -> str:
+        return "auth" if reason in ("unauthorized", "misrouted") else reason
+
+    def try_acquire(self, lane: str, caller: str) -> float:
+        with self._lock:
+            now = self._clock()
+            paused = max([u - now for u in self._paused_until.values()] + [0.0])
+            if paused > 0:
+                return paused
+            while self._calls and self._calls[0] <= now - self._window:
+                self._calls.popleft()
+            self._live_waiters = {c: t for c, t in self._live_waiters.items() if t > now}
+            next_free = (self._calls[0] + self._window - now) if self._calls else 0.02
+            if lane != "live" and self._live_waiters:
+                return max(0.001, next_free)
+            if len(self._calls) < self._limit.calls:
+                self._calls.append(now)
+                self._live_waiters.pop(caller, None)
+                return 0.0
+            if lane == "live":
+                self._live_waiters[caller] = now + LIVE_WAITER_TTL_MS / 1000
+            return max(0.001, next_free)
+
+    def pause(self, reason: str, seconds: float) -> None:
+        with self._lock:
+            key = self._reason_key(reason)
+            until = self._clock() + seconds
+            self._paused_until[key] = max(self._paused_until.get(key, 0.0), until)
+
+    def paused_for(self) -> float:
+        with self._lock:
+            now = self._clock()
+            return max([u - now for u in self._paused_until.values()] + [0.0])
+
+    def window_full_for(self) -> float:
+        with self._lock:
+            now = self._clock()
+            while self._calls and self._calls[0] <= now - self._window:
+                self._calls.popleft()
+            return (self._calls[0] + self._window - now) if self._calls else self._window
+
+    def clear_pause(self, reason: str) -> None:
+        with self._lock:
+            self._paused_until.pop(self._reason_key(reason), None)
+            self._failures.pop(reason, None)
+
+    def note_failure(self, reason: str) -> int:
+        with self._lock:
+            self._failures[reason] = self._failures.get(reason, 0) + 1
+            return self._failures[reason]
+
+    def note_success(self) -> None:
+        with self._lock:
+            self._failures.pop("unauthorized", None)
+            self._failures.pop("misrouted", None)
+
+
+def wait_for_slot(
+    limiter: Limiter,
+    lane: str,
+    *,
+    max_wait_seconds: float,
+    stop: threading.Event,
+    caller: str | None = None,
+) -> tuple[bool, float]:
+    """Wait (without holding anything but the job's claim) until a call may start.
+
+    Returns (granted, seconds waited). Gives up after `max_wait_seconds`, or as soon as `stop`
+    is set (the worker is shutting down), so the job can go back untouched.
+    """
+    caller = caller or uuid.uuid4().hex
+    started = time.monotonic()
+    while True:
+        wait = limiter.try_acquire(lane, caller)
+        waited = time.monotonic() - started
+        if wait <= 0:
+            return True, waited
+        remaining = max_wait_seconds - waited
+        if remaining <= 0 or stop.is_set():
+            return False, waited
+        if stop.wait(min(wait, remaining)):
+            return False, time.monotonic() - started

@@ -1,0 +1,212 @@
+"""The scheduler: the job table is the queue of record, and this loop feeds the broker from it.
+
+Every `fpcancel worker` runs one; a lease in Redis lets one of them act at a time, and each change
+is a conditional update besides (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so two schedulers never
+send the same job. Each round it:
+
+1. takes back jobs whose worker died holding them (the claim expired): they wait again, with a
+   status check first if a cancel may have left; a job that loses its worker too often fails;
+2. sends jobs that are due (`next_attempt_at` has passed), customers (`live`) before `bulk`, but
+   only as many as the fleet can start soon (the rate limit and the fleet's threads): a 100,000-job
+   bulk waits in the table, not in Redis or in a worker's memory;
+3. sends again jobs whose message was lost: sent longer than `dispatch_lease_seconds` ago and
+   never claimed. A job waiting its turn in the table was never sent, so it is never "lost".
+"""
+
+import logging
+import math
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from models.tables import CancelJob, JobStatus
+from worker import jobs
+from worker.app import Dispatch, publish
+from worker.runtime import Runtime
+
+log = logging.getLogger("fpcancel.scheduler")
+LANES_IN_ORDER = ("live", "bulk")
+
+
+@dataclass
+class RoundReport:
+    led: bool = False
+    reclaimed: int = 0
+    failed: int = 0
+    sent: int = 0
+    resent: int = 0
+    publish_failed: bool = False
+
+
+def _lock(stmt: object, session: Session) -> object:
+    if session.get_bind().dialect.name == "postgresql":
+        return stmt.with_for_update(skip_locked=True)  # type: ignore[attr-defined]
+    return stmt
+
+
+class Scheduler:
+    def __init__(self, runtime: Runtime, member: str | None = None, threads: int = 0) -> None:
+        self.runtime = runtime
+        self.member = member or uuid.uuid4().hex[:12]
+        self.threads = threads
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Run rounds every `scheduler_interval_seconds` until `stop` is set."""
+        interval = self.runtime.settings.scheduler_interval_seconds
+        while not stop.is_set():
+            try:
+                self.round()
+            except Exception:  # the loop must outlive a database or broker outage
+                log.exception("scheduler round failed; trying again in %.1f s", interval)
+            stop.wait(interval)
+        self.runtime.fleet.resign(self.member)
+        self.runtime.fleet.unregister(self.member)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(
+            target=self.run, args=(self.runtime.stop,), name="fpcancel-scheduler", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def round(self) -> RoundReport:
+        rt, settings = self.runtime, self.runtime.settings
+        report = RoundReport()
+        lease = max(5.0, 5 * settings.scheduler_interval_seconds)
+        if self.threads:
+            rt.fleet.register(self.member, self.threads, lease * 2)
+        if not rt.fleet.lead(self.member, lease):
+            return report
+        report.led = True
+        now = rt.clock()
+        with rt.sessions.begin() as session:
+            report.reclaimed, report.failed = self.take_back_expired(session, now)
+        if rt.limiter.paused_for() > 0:
+            return report  # nothing can start now; what is sent would only come back
+        with rt.sessions.begin() as session:
+            room = self.room(session)
+            dispatches, report.resent = self.pick_due(session, now, room)
+        if dispatches:
+            try:
+                report.sent = publish(rt.app, dispatches)
+            except Exception as exc:
+                report.publish_failed = True
+                log.warning("broker unreachable (%s); %d jobs wait in the table", exc, len(dispatches))
+                with rt.sessions.begin() as session:
+                    jobs.clear_dispatch(
+                        session, [d.job_id for d in dispatches], [d.token for d in dispatches]
+                    )
+        return report
+
+    # -- the steps, each in the caller's transaction -------------------------------------------
+
+    def room(self, session: Session) -> int:
+        """How many more jobs may be in flight: about two seconds of the rate budget (enough to
+        keep every slot used between rounds), leaving a quarter of the fleet's threads free for
+        customers' jobs that skip the scheduler."""
+        settings = self.runtime.settings
+        ahead = max(2.0, 2 * settings.scheduler_interval_seconds)
+        want = math.ceil(settings.rate_limit.per_second * ahead) + 1
+        threads = self.runtime.fleet.threads()
+        if threads:
+            want = min(want, max(1, threads - math.ceil(threads / 4)))
+        in_flight = session.execute(
+            select(func.count()).select_from(CancelJob).where(CancelJob.dispatch_token.is_not(None))
+        ).scalar_one()
+        return max(0, want - in_flight)
+
+    def pick_due(self, session: Session, now: datetime, room: int) -> tuple[list[Dispatch], int]:
+        """Mark up to `room` due jobs as sent (customers first) and say which; plus how many of
+        them are re-sends of lost messages."""
+        settings = self.runtime.settings
+        lost_before = now - timedelta(seconds=settings.dispatch_lease_seconds)
+        picked: list[Dispatch] = []
+        resent = 0
+        for lane in LANES_IN_ORDER:
+            if len(picked) >= room:
+                break
+            stmt = (
+                select(CancelJob.id, CancelJob.dispatch_token)
+                .where(
+                    CancelJob.status.in_(jobs.WAITING),
+                    CancelJob.lane == lane,
+                    CancelJob.next_attempt_at <= now,
+                    CancelJob.dispatch_token.is_(None) | (CancelJob.dispatched_at < lost_before),
+                )
+                .order_by(CancelJob.next_attempt_at, CancelJob.id)
+                .limit(room - len(picked))
+            )
+            rows = session.execute(_lock(stmt, session)).all()  # type: ignore[call-overload]
+            for row in rows:
+                token = uuid.uuid4().hex
+                changed = session.execute(
+                    update(CancelJob)
+                    .where(CancelJob.id == row.id, CancelJob.status.in_(jobs.WAITING))
+                    .where(
+                        CancelJob.dispatch_token.is_(None)
+                        if row.dispatch_token is None
+                        else CancelJob.dispatch_token == row.dispatch_token
+                    )
+                    .values(dispatch_token=token, dispatched_at=now)
+                ).rowcount  # type: ignore[attr-defined]
+                if changed:
+                    picked.append(Dispatch(row.id, token, lane))
+                    resent += row.dispatch_token is not None
+        return picked, resent
+
+    def take_back_expired(self, session: Session, now: datetime) -> tuple[int, int]:
+        """Jobs whose worker died holding them wait again; returns (taken back, failed)."""
+        settings = self.runtime.settings
+        stmt = select(
+            CancelJob.id,
+            CancelJob.dispatch_token,
+            CancelJob.attempts,
+            CancelJob.in_call_since,
+            CancelJob.needs_status_check,
+            CancelJob.lost_claims,
+        ).where(CancelJob.status == JobStatus.RUNNING.value, CancelJob.claimed_until < now)
+        rows = session.execute(_lock(stmt, session)).all()  # type: ignore[call-overload]
+        taken = failed = 0
+        for row in rows:
+            lost = row.lost_claims + 1
+            guard = (CancelJob.id == row.id, CancelJob.dispatch_token == row.dispatch_token)
+            if lost >= settings.max_lost_claims:
+                values = {
+                    "status": JobStatus.FAILED.value,
+                    "finished_at": now,
+                    "next_attempt_at": None,
+                    "last_message": f"its worker was lost {lost} times while holding this job",
+                }
+                failed += 1
+            else:
+                # A cancel may have left: settle it by the order's status before POSTing again,
+                # once the provider can have finished it.
+                maybe_sent = row.in_call_since is not None or row.needs_status_check
+                wait = settings.http_timeout_seconds if maybe_sent else 0.0
+                values = {
+                    "status": (JobStatus.RETRYING if row.attempts else JobStatus.QUEUED).value,
+                    "next_attempt_at": now + timedelta(seconds=wait),
+                    "needs_status_check": maybe_sent,
+                }
+                taken += 1
+            session.execute(
+                update(CancelJob)
+                .where(*guard)
+                .values(
+                    **values,
+                    lost_claims=lost,
+                    dispatch_token=None,
+                    dispatched_at=None,
+                    claimed_until=None,
+                    in_call_since=None,
+                    updated_at=now,
+                )
+            )
+            log.warning("job %s: its worker was lost (%d times); %s", row.id, lost, values["status"])
+        return taken, failed

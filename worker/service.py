@@ -1,0 +1,73 @@
+"""`fpcancel worker`: the Celery worker (a thread pool) and the scheduler, in one process."""
+
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutting_down
+
+from worker.logs import setup_logging
+from worker.runtime import Runtime, build_runtime, install
+from worker.scheduler import Scheduler
+from worker.settings import Settings
+
+log = logging.getLogger("fpcancel.worker")
+
+
+def worker_argv(concurrency: int, loglevel: str, name: str) -> list[str]:
+    """The Celery worker's command line (what `celery worker` would be given)."""
+    return [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={concurrency}",
+        "--queues=fpcancel.live,fpcancel.bulk",
+        f"--loglevel={loglevel}",
+        f"--hostname={name}",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    concurrency: int,
+    loglevel: str = "INFO",
+    log_json: bool = False,
+    runtime: Runtime | None = None,
+) -> None:
+    """Serve until SIGTERM (or SIGINT): calls in flight finish, waiting jobs go back."""
+    setup_logging(loglevel, as_json=log_json, secrets=[settings.token_value])
+    runtime = runtime or build_runtime(settings, concurrency=concurrency, with_client=True)
+    install(runtime)
+    member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    # A restart with a fixed token should call at once, not sit out an old pause.
+    runtime.limiter.clear_pause("unauthorized")
+    scheduler = Scheduler(runtime, member=member, threads=concurrency)
+
+    def on_ready(**_: Any) -> None:
+        scheduler.start()
+        log.info(
+            "worker %s ready: %d threads, rate limit %s, provider %s",
+            member,
+            concurrency,
+            settings.rate_limit,
+            settings.base_url,
+        )
+
+    def on_shutdown(**_: Any) -> None:
+        log.info("worker %s stopping: no new jobs; calls in flight finish", member)
+        runtime.stop.set()
+
+    worker_ready.connect(on_ready, weak=False)
+    worker_shutting_down.connect(on_shutdown, weak=False)
+    try:
+        runtime.app.worker_main(worker_argv(concurrency, loglevel, f"fpcancel-{member}@%h"))
+    finally:
+        runtime.stop.set()
+        runtime.fleet.unregister(member)
+        runtime.fleet.resign(member)
+        install(None)
+        runtime.close()

@@ -1,0 +1,213 @@
+"""The cancel task: claim the job, call, classify, record, then finish or schedule.
+
+Every decision is made by `worker.decisions` and `worker.transitions`; this module only carries
+them out, one short transaction at a time, and never holds a database connection while it waits
+for the rate limiter or the provider.
+"""
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from celery import shared_task
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from models.tables import AttemptKind
+from worker import jobs
+from worker.app import TASK_NAME
+from worker.decisions import (
+    Block,
+    Decision,
+    classify_cancel,
+    classify_status_check,
+    pause_seconds,
+)
+from worker.provider import Answer, TransportError
+from worker.ratelimit import wait_for_slot
+from worker.runtime import Runtime, current
+from worker.transitions import ClaimedJob, after_cancel, after_status_check
+
+log = logging.getLogger("fpcancel.calls")
+T = TypeVar("T")
+
+
+@shared_task(name=TASK_NAME, ignore_result=True)
+def cancel_order(job_id: int, token: str) -> str:
+    """Celery's entry point; the work is in `run_job`."""
+    return run_job(current(), job_id, token)
+
+
+def in_transaction(runtime: Runtime, work: Callable[[Session], T], *, patience: float = 0) -> T:
+    """Run `work` in one transaction; while the database is away, keep trying for `patience`
+    seconds (an answer already received must not be forgotten)."""
+    retrying = Retrying(
+        retry=retry_if_exception_type((OperationalError, InterfaceError)),
+        stop=stop_after_delay(patience),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt, runtime.sessions.begin() as session:
+            return work(session)
+    raise AssertionError("unreachable")
+
+
+def run_job(runtime: Runtime, job_id: int, token: str) -> str:
+    """Handle one message for one job; returns what happened, for logs and tests."""
+    settings = runtime.settings
+    now = runtime.clock()
+    job = in_transaction(
+        runtime, lambda s: jobs.claim_job(s, job_id, token, now, settings.claim_lease_seconds)
+    )
+    if job is None:
+        return "skipped"  # a duplicate or stale message: someone else has (or had) this job
+    try:
+        if job.needs_status_check:
+            outcome = _status_check(runtime, job)
+            if outcome != "proceed":
+                return outcome
+        return _cancel(runtime, job)
+    except Exception:
+        log.exception("job=%s order=%s: unexpected error; the job goes back", job.id, job.order_uuid)
+        _give_back(runtime, job, after_seconds=settings.retry_base_seconds)
+        return "error"
+
+
+def _slot(runtime: Runtime, job: ClaimedJob) -> bool:
+    granted, _ = wait_for_slot(
+        runtime.limiter,
+        job.lane,
+        max_wait_seconds=runtime.settings.rate_limit_wait_seconds,
+        stop=runtime.stop,
+    )
+    if not granted:
+        # Not our turn (or we are stopping): the job goes back untouched, no attempt spent.
+        _give_back(runtime, job, after_seconds=runtime.limiter.paused_for())
+    return granted
+
+
+def _give_back(runtime: Runtime, job: ClaimedJob, *, after_seconds: float) -> None:
+    now = runtime.clock()
+    in_transaction(runtime, lambda s: jobs.release_job(s, job, now, after_seconds), patience=30)
+
+
+def _status_check(runtime: Runtime, job: ClaimedJob) -> str:
+    if not _slot(runtime, job):
+        return "released"
+    assert runtime.client is not None
+    started = runtime.clock()
+    result: Answer | TransportError
+    try:
+        result = runtime.client.order_status(job.order_uuid)
+    except TransportError as exc:
+        result = exc
+    finished = runtime.clock()
+    decision = classify_status_check(result, finished.timestamp())
+    pause = _heed(runtime, decision, result)
+    update = after_status_check(job, decision, runtime.policy, finished, pause)
+    _record(runtime, job, AttemptKind.STATUS_CHECK, started, finished, result, decision, update)
+    return "proceed" if update.proceed else update.status.value
+
+
+def _cancel(runtime: Runtime, job: ClaimedJob) -> str:
+    if not _slot(runtime, job):
+        return "released"
+    assert runtime.client is not None
+    started = runtime.clock()
+    in_transaction(runtime, lambda s: jobs.mark_in_call(s, job, started), patience=10)
+    result: Answer | TransportError
+    try:
+        result = runtime.client.cancel_order(job.order_uuid, job.note)
+    except TransportError as exc:
+        result = exc
+    finished = runtime.clock()
+    decision = classify_cancel(result, finished.timestamp())
+    pause = _heed(runtime, decision, result)
+    update = after_cancel(job, decision, runtime.policy, finished, pause, runtime.rng)
+    _record(runtime, job, AttemptKind.CANCEL, started, finished, result, decision, update)
+    return update.status.value
+
+
+def _record(
+    runtime: Runtime,
+    job: ClaimedJob,
+    kind: AttemptKind,
+    started: object,
+    finished: object,
+    result: Answer | TransportError,
+    decision: Decision,
+    update: object,
+) -> None:
+    """Write the attempt; keep trying while the database is away, for as long as we hold the job."""
+    held = in_transaction(
+        runtime,
+        lambda s: jobs.record_call(
+            s,
+            job,
+            kind=kind,
+            started_at=started,  # type: ignore[arg-type]
+            finished_at=finished,  # type: ignore[arg-type]
+            result=result,
+            decision=decision,
+            update_=update,  # type: ignore[arg-type]
+        ),
+        patience=runtime.settings.claim_lease_seconds,
+    )
+    http = result.status if isinstance(result, Answer) else "-"
+    duration = result.duration_ms
+    log.info(
+        "job=%s order=%s kind=%s attempts=%s outcome=%s http=%s duration_ms=%s%s",
+        job.id,
+        job.order_uuid,
+        kind.value,
+        job.attempts + (1 if kind is AttemptKind.CANCEL and decision.counts else 0),
+        decision.outcome.value,
+        http,
+        duration,
+        "" if held else " (the job was taken back meanwhile; its status will be checked)",
+    )
+
+
+def _heed(runtime: Runtime, decision: Decision, result: Answer | TransportError) -> float:
+    """Pause the whole fleet when the provider says so; returns the pause in seconds."""
+    limiter, settings = runtime.limiter, runtime.settings
+    if decision.block is None:
+        if isinstance(result, Answer):
+            limiter.note_success()
+            if result.headers.get("x-ratelimit-remaining", "").strip() == "0":
+                # The provider's window is spent: wait for ours to free a slot, whoever else
+                # shares the token.
+                limiter.pause("rate_limited", limiter.window_full_for())
+        return 0.0
+    if decision.block is Block.RATE_LIMITED:
+        seconds = decision.retry_after_seconds
+        if seconds is None:
+            seconds = settings.rate_limit.per_seconds
+        limiter.pause("rate_limited", seconds)
+        log.warning("provider answered 429: every worker pauses calls for %.1f s", seconds)
+        return seconds
+    failures = limiter.note_failure(decision.block.value)
+    seconds = pause_seconds(failures, settings.retry_base_seconds, settings.retry_max_seconds)
+    limiter.pause(decision.block.value, seconds)
+    status = result.status if isinstance(result, Answer) else "-"
+    if decision.block is Block.UNAUTHORIZED:
+        log.error(
+            "provider refused the token (HTTP %s, %d in a row): every worker pauses calls for "
+            "%.1f s; fix FRONTPAYMENT_TOKEN and restart the workers",
+            status,
+            failures,
+            seconds,
+        )
+    else:
+        log.error(
+            "provider URL looks wrong (HTTP %s without the API's answer, %d in a row): every "
+            "worker pauses calls for %.1f s; check FRONTPAYMENT_BASE_URL",
+            status,
+            failures,
+            seconds,
+        )
+    return seconds
+
+
