@@ -80,12 +80,14 @@ class LocalFleet:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._leader: str | None = None
+        self._lead_until = 0.0
         self._members: dict[str, int] = {}
 
     def lead(self, member: str, ttl_seconds: float) -> bool:
         with self._lock:
-            if self._leader in (None, member):
-                self._leader = member
+            now = time.monotonic()
+            if self._leader in (None, member) or self._lead_until < now:
+                self._leader, self._lead_until = member, now + ttl_seconds
                 return True
             return False
 

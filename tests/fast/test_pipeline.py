@@ -1,0 +1,248 @@
+"""The task and the scheduler together, on SQLite with a fake provider transport and a hand-moved
+clock: what a user sees in the job table and what the provider saw."""
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from models.tables import CancelAttempt, CancelJob
+from tests.fakes import TOKEN, Clock, FakeTransport, Reply, documented, sqlite_runtime
+from worker.producer import Producer
+from worker.provider import AnswerLost, ConnectFailed
+from worker.runtime import Runtime
+from worker.scheduler import Scheduler
+from worker.tasks import run_job
+
+TERMINAL = {"succeeded", "already_paid", "not_found", "invalid_payload", "dead", "failed"}
+
+
+@pytest.fixture
+def transport() -> FakeTransport:
+    return FakeTransport()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, transport: FakeTransport, clock: Clock) -> Runtime:
+    rt = sqlite_runtime(tmp_path, transport, clock)
+    yield rt
+    rt.close()
+
+
+def enqueue(rt: Runtime, order: str, note: str = "out of stock", lane: str = "live") -> int:
+    # Publishing goes to Celery's memory broker; the tests run the jobs by hand from the table.
+    return Producer(rt.sessions, rt.app, rt.clock).enqueue(order, note, lane=lane).id
+
+
+def pending(rt: Runtime) -> list[tuple[int, str]]:
+    with rt.sessions() as s:
+        rows = s.execute(
+            select(CancelJob.id, CancelJob.dispatch_token).where(
+                CancelJob.dispatch_token.is_not(None), CancelJob.status.in_(("queued", "retrying"))
+            )
+        ).all()
+    return [(r.id, r.dispatch_token) for r in rows]
+
+
+def drive(rt: Runtime, clock: Clock, rounds: int = 60, step: float = 0.5) -> None:
+    """Run scheduler rounds and every message they send until every job is terminal."""
+    scheduler = Scheduler(rt, member="test")
+    for _ in range(rounds):
+        for job_id, token in pending(rt):
+            run_job(rt, job_id, token)
+        with rt.sessions() as s:
+            if all(status in TERMINAL for status in s.scalars(select(CancelJob.status))):
+                return
+        clock.advance(step)
+        scheduler.round()
+    raise AssertionError("jobs did not finish")
+
+
+def job(rt: Runtime, job_id: int) -> CancelJob:
+    with rt.sessions() as s:
+        found = s.get(CancelJob, job_id)
+        assert found is not None
+        return found
+
+
+def calls(rt: Runtime, job_id: int) -> list[CancelAttempt]:
+    with rt.sessions() as s:
+        return list(s.scalars(select(CancelAttempt).where(CancelAttempt.job_id == job_id).order_by(CancelAttempt.number)))
+
+
+def test_each_documented_answer_ends_the_job_in_its_status(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+    """202, 400 paid, 404, 417 each end the job after one POST, in the SPEC's status."""
+    transport.script("ODR1", documented(202))
+    transport.script("ODR2", documented(400))
+    transport.script("ODR3", documented(404))
+    transport.script("ODR4", documented(417))
+    ids = [enqueue(runtime, f"ODR{i}") for i in range(1, 5)]
+    drive(runtime, clock)
+    assert [job(runtime, i).status for i in ids] == ["succeeded", "already_paid", "not_found", "invalid_payload"]
+    assert [len(calls(runtime, i)) for i in ids] == [1, 1, 1, 1]
+    assert json.loads(job(runtime, ids[3]).last_errors or "null") == {"cancellationNote": ["The cancellation note field is required."]}
+    assert all(job(runtime, i).finished_at is not None for i in ids)
+
+
+def test_every_call_carries_the_token_and_a_json_note(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+    """The provider sees the bearer token, a JSON cancellationNote and fpcancel's User-Agent."""
+    enqueue(runtime, "ODR1", "  customer changed their mind  ")
+    drive(runtime, clock)
+    (request,) = transport.requests
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["User-Agent"].startswith("fpcancel/")
+    assert json.loads(request.body or b"") == {"cancellationNote": "customer changed their mind"}
+    assert request.url == "https://provider.test/api/v1/connect/orders/cancel/ODR1"
+
+
+def test_a_510_is_retried_with_a_status_check_and_a_404_is_not(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+    """Two 510s then 202: succeeded after 3 POSTs, each retry preceded by a status check; growing delay bounds."""
+    transport.script("ODR1", documented(510), documented(510), documented(202))
+    transport.script("ODR2", documented(404))
+    first, second = enqueue(runtime, "ODR1"), enqueue(runtime, "ODR2")
+    drive(runtime, clock)
+    rows = calls(runtime, first)
+    assert [c.kind for c in rows] == ["cancel", "status_check", "cancel", "status_check", "cancel"]
+    assert [c.outcome for c in rows if c.kind == "cancel"] == ["ambiguous", "ambiguous", "succeeded"]
+    assert job(runtime, first).status == "succeeded" and job(runtime, first).attempts == 3
+    assert job(runtime, second).status == "not_found" and len(transport.calls("ODR2")) == 1
+
+
+def test_retry_delays_grow_with_the_attempt_number(tmp_path: Path, transport: FakeTransport, clock: Clock) -> None:
+    """With the jitter at its top, delay n is min(max, base * 2^(n-1)): 0.2, 0.4, 0.8 s."""
+    rt = sqlite_runtime(tmp_path, transport, clock, http_timeout_seconds=0.01, max_attempts=4)
+    for _ in range(3):
+        transport.requests.clear()
+    transport.script("ODR1", Reply(0, raise_=ConnectFailed("refused")), Reply(0, raise_=ConnectFailed("refused")), Reply(0, raise_=ConnectFailed("refused")))
+    job_id = enqueue(rt, "ODR1")
+    drive(rt, clock, step=0.1)
+    delays = [c.retry_in_ms for c in calls(rt, job_id) if c.retry_in_ms is not None]
+    assert delays == [200, 400, 800]
+    assert job(rt, job_id).status == "succeeded"
+    rt.close()
+
+
+def test_an_always_failing_order_is_dead_after_max_attempts_posts(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+    """Always 510: dead with exactly FPCANCEL_MAX_ATTEMPTS (4) POSTs and a final status check."""
+    transport.script("ODR1", *[documented(510)] * 10)
+    job_id = enqueue(runtime, "ODR1")
+    drive(runtime, clock)
+    assert job(runtime, job_id).status == "dead"
+    assert len(transport.calls("ODR1", "cancel")) == 4
+    assert job(runtime, job_id).attempts == 4
+
+
+def test_an_answer_lost_after_the_cancel_applied_is_settled_by_the_status_check(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+    """A read timeout, then the order shows CANCELLED: succeeded with exactly one POST."""
+    transport.script("ODR1", Reply(0, raise_=AnswerLost("read timeout")))
+    transport.status_script("ODR1", Reply(200, {"data": {"status": "CANCELLED"}}))
+    job_id = enqueue(runtime, "ODR1")
+    drive(runtime, clock)
+    assert job(runtime, job_id).status == "succeeded"
+    assert len(transport.calls("ODR1", "cancel")) == 1
+    assert [c.outcome for c in calls(runtime, job_id)] == ["ambiguous", "order_cancelled"]
+
+
+def test_a_refused_token_never_ends_a_job_and_costs_no_attempt(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+    """401 twice: the job waits (retrying, 0 attempts), then succeeds once the token works."""
+    transport.script("ODR1", Reply(401, {"message": "Unauthenticated."}), Reply(401, {"message": "Unauthenticated."}), documented(202))
+    job_id = enqueue(runtime, "ODR1")
+    run_job(runtime, *pending(runtime)[0])
+    assert (job(runtime, job_id).status, job(runtime, job_id).attempts) == ("retrying", 0)
+    assert runtime.limiter.paused_for() > 0
+    runtime.limiter.clear_pause("unauthorized")
+    drive(runtime, clock, step=2.0)
+    assert job(runtime, job_id).status == "succeeded" and job(runtime, job_id).attempts == 1
+
+
+def test_a_second_delivery_of_the_same_message_does_not_call_again(runtime: Runtime, transport: FakeTransport) -> None:
+    """The same (job, token) message twice: one POST, the second run is skipped."""
+    enqueue(runtime, "ODR1")
+    (job_id, token), = pending(runtime)
+    assert run_job(runtime, job_id, token) == "succeeded"
+    assert run_job(runtime, job_id, token) == "skipped"
+    assert len(transport.requests) == 1
+
+
+def test_enqueueing_an_active_order_again_returns_the_first_job(runtime: Runtime) -> None:
+    """Dedup: a second enqueue of a queued order makes no new job."""
+    producer = Producer(runtime.sessions, runtime.app, runtime.clock)
+    first = producer.enqueue("ODR1", "a")
+    second = producer.enqueue("ODR1", "b")
+    assert (second.id, second.created) == (first.id, False)
+
+
+def test_customers_are_sent_before_bulk(runtime: Runtime, clock: Clock) -> None:
+    """With room for two, the scheduler sends the live job ahead of older bulk ones."""
+    for i in range(5):
+        enqueue(runtime, f"ODR{i}", lane="bulk")
+    enqueue(runtime, "ODR9")  # live: published at once
+    with runtime.sessions.begin() as s:  # as if its publish had failed
+        s.execute(CancelJob.__table__.update().values(dispatch_token=None))
+    clock.advance(1)
+    scheduler = Scheduler(runtime, member="test")
+    with runtime.sessions.begin() as s:
+        picked, _ = scheduler.pick_due(s, clock(), room=2)
+    orders = {job(runtime, d.job_id).order_uuid: d.lane for d in picked}
+    assert orders == {"ODR9": "live", "ODR0": "bulk"}
+
+
+def test_a_lost_message_is_sent_again_but_a_waiting_job_is_not(runtime: Runtime, clock: Clock) -> None:
+    """Sent but never claimed for longer than the dispatch lease: re-sent with a new token."""
+    job_id = enqueue(runtime, "ODR1")
+    (_, old_token), = pending(runtime)
+    scheduler = Scheduler(runtime, member="test")
+    clock.advance(1)
+    assert scheduler.round().sent == 0  # sent a second ago: still in flight, not lost
+    clock.advance(runtime.settings.dispatch_lease_seconds)
+    report = scheduler.round()
+    assert (report.sent, report.resent) == (1, 1)
+    (_, new_token), = pending(runtime)
+    assert new_token != old_token
+    assert run_job(runtime, job_id, old_token) == "skipped"
+
+
+def test_a_job_whose_worker_died_mid_call_is_checked_before_posting_again(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+    """Claim expired after the POST left: the scheduler takes it back and a status check comes first."""
+    from worker import jobs
+
+    transport.status_script("ODR1", Reply(200, {"data": {"status": "CANCELLED"}}))
+    job_id = enqueue(runtime, "ODR1")
+    (_, token), = pending(runtime)
+    with runtime.sessions.begin() as s:
+        claimed = jobs.claim_job(s, job_id, token, clock(), lease_seconds=10)
+        assert claimed is not None
+        jobs.mark_in_call(s, claimed, clock())
+    clock.advance(11)  # the worker died: nothing recorded, claim expired
+    report = Scheduler(runtime, member="test").round()
+    assert report.reclaimed == 1
+    assert job(runtime, job_id).needs_status_check
+    drive(runtime, clock)
+    assert job(runtime, job_id).status == "succeeded"
+    assert transport.calls("ODR1", "cancel") == []
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_with_a_reason(runtime: Runtime, clock: Clock) -> None:
+    """After FPCANCEL_MAX_LOST_CLAIMS expired claims the job fails instead of looping."""
+    from worker import jobs
+
+    job_id = enqueue(runtime, "ODR1")
+    scheduler = Scheduler(runtime, member="test")
+    for _ in range(runtime.settings.max_lost_claims):
+        clock.advance(runtime.settings.dispatch_lease_seconds + 1)
+        scheduler.round()
+        (_, token), = pending(runtime)
+        with runtime.sessions.begin() as s:
+            assert jobs.claim_job(s, job_id, token, clock(), lease_seconds=1) is not None
+        clock.advance(2)
+        scheduler.round()
+    found = job(runtime, job_id)
+    assert found.status == "failed"
+    assert "lost" in (found.last_message or "")

@@ -1,0 +1,19 @@
+"""Shared by the SQLite and PostgreSQL tiers: migrate an empty database, then ask Alembic's
+autogenerate what differs from the models."""
+
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine
+
+from models import Base
+from worker.migrate import current_revision, head_revision, upgrade
+
+
+def differences_after_upgrade(engine: Engine) -> list[Any]:
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
