@@ -151,9 +151,11 @@ class CancelAttempt(Base):
     outcome: Mapped[str] = mapped_column(String(24))
     message: Mapped[str | None] = mapped_column(Text)
     response_body: Mapped[str | None] = mapped_column(Text)
-    # Bookkeeping: whether this call counted against FPCANCEL_MAX_ATTEMPTS, and the delay chosen after it.
+    # Bookkeeping: whether this call counted against FPCANCEL_MAX_ATTEMPTS, the delay chosen
+    # after it, and how long it waited for a rate-limit slot before it started.
     counted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     retry_in_ms: Mapped[int | None] = mapped_column(Integer)
+    rate_wait_ms: Mapped[int] = mapped_column(Integer, server_default="0")  # waited for a rate slot
 
     job: Mapped[CancelJob] = relationship(back_populates="calls")
 

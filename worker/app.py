@@ -9,7 +9,12 @@ from kombu import Queue
 from worker.settings import Settings
 
 TASK_NAME = "fpcancel.cancel"
-QUEUES = {"live": "fpcancel.live", "bulk": "fpcancel.bulk"}
+LANES = ("live", "bulk")
+
+
+def queue_names(prefix: str = "fpcancel") -> dict[str, str]:
+    """The broker queue of each lane: `fpcancel.live`, `fpcancel.bulk`."""
+    return {lane: f"{prefix}.{lane}" for lane in LANES}
 
 
 @dataclass(frozen=True)
@@ -21,9 +26,11 @@ class Dispatch:
     lane: str
 
 
-def make_celery(settings: Settings) -> Celery:
+def make_celery(settings: Settings, queue_prefix: str = "fpcancel") -> Celery:
+    queues = queue_names(queue_prefix)
     app = Celery("fpcancel", broker=settings.broker_url, include=["worker.tasks"])
     app.conf.update(
+        fpcancel_queues=queues,
         task_serializer="json",
         accept_content=["json"],
         result_backend=None,
@@ -34,13 +41,15 @@ def make_celery(settings: Settings) -> Celery:
         # Short I/O tasks: each thread reserves one message, so customers' messages are not
         # stuck behind a long local backlog.
         worker_prefetch_multiplier=1,
-        task_queues=[Queue(QUEUES["live"]), Queue(QUEUES["bulk"])],
-        task_default_queue=QUEUES["live"],
+        task_queues=[Queue(queues["live"]), Queue(queues["bulk"])],
+        task_default_queue=queues["live"],
         broker_transport_options={
             # BRPOP the live queue before the bulk one, not round-robin.
             "queue_order_strategy": "priority",
             "visibility_timeout": 3600,
             "socket_connect_timeout": 3,
+            # The in-memory broker (the demo) polls; Redis blocks and ignores this.
+            "polling_interval": 0.05,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
@@ -62,12 +71,13 @@ def make_celery(settings: Settings) -> Celery:
 def publish(app: Celery, dispatches: Iterable[Dispatch]) -> int:
     """Send one message per dispatch over one producer connection; returns how many."""
     sent = 0
+    queues = app.conf.fpcancel_queues
     with app.producer_or_acquire() as producer:
         for item in dispatches:
             app.send_task(
                 TASK_NAME,
                 args=[item.job_id, item.token],
-                queue=QUEUES[item.lane],
+                queue=queues[item.lane],
                 producer=producer,
                 retry=True,
             )

@@ -144,6 +144,65 @@ def enqueue(order_uuid: str, note: str, source: str | None, lane: str, as_json: 
         click.echo(job.id)
 
 
+@main.command("enqueue-bulk")
+@click.argument("file", type=click.File("rb"))
+@click.option("--note", default=None, help="Note for rows whose note column is empty or missing.")
+@click.option("--source", default=None, help="A label stored on every job (1-64 of A-Z a-z 0-9 _ - . :).")
+@click.option("--lane", type=click.Choice(["live", "bulk"]), default="bulk", show_default=True)
+@json_option
+@handle_errors
+def enqueue_bulk_command(file: Any, note: str | None, source: str | None, lane: str, as_json: bool) -> None:
+    """Enqueue every order in a CSV FILE (or - for stdin).
+
+    The first line is a header naming order_uuid and optionally note, in any order. Fields are
+    trimmed, blank lines skipped; an empty note takes --note. Every line is checked first: if any
+    is bad, nothing is enqueued, every bad line is listed (the first 50, then a count) and the
+    exit code is 2. Orders repeated in the file count once; orders that already have a queued,
+    running, retrying or succeeded job are counted as already active. The jobs wait in the table
+    and workers' schedulers send them as the rate limit allows, customers' jobs first.
+
+    Prints the counts: created, already active (--json: {"created", "already_active",
+    "invalid", "duplicates"}).
+    """
+    from worker.bulk import BulkInputError, check_csv
+    from worker.producer import Producer
+    from worker.progress import progress_bar
+    from worker.validation import clean_lane, clean_note, clean_source
+
+    clean_source(source, "--source")
+    clean_lane(lane, "--lane")
+    if note is not None:
+        clean_note(note, "--note")
+    current = settings()
+    try:
+        seekable = file.seekable()
+    except (AttributeError, ValueError):
+        seekable = False
+    try:
+        checked = check_csv(file, note, seekable=seekable)
+    except BulkInputError as exc:
+        if as_json:
+            emit_json(
+                {
+                    "created": 0,
+                    "already_active": 0,
+                    "invalid": exc.count,
+                    "errors": [{"line": line, "reason": reason} for line, reason in exc.problems],
+                }
+            )
+        raise fail(exc.summary(), 2) from None
+    producer = Producer.from_settings(current)
+    with progress_bar("enqueueing", checked.good_rows) as advance:
+        result = producer.enqueue_bulk(checked.rows(), source, lane, progress=advance)
+    if as_json:
+        emit_json(result.as_json())
+    else:
+        say(
+            f"created {result.created}, already active {result.already_active}"
+            + (f", repeated in the file {result.duplicates}" if result.duplicates else "")
+        )
+
+
 # -- worker ------------------------------------------------------------------------------------
 
 
@@ -260,6 +319,52 @@ def jobs_show(job_id: int, as_json: bool) -> None:
     from worker.render import job_detail
 
     job_detail(data)
+
+
+@main.command()
+@click.option("--since", default=None, help="Only jobs created (and calls made) at or after this ISO 8601 time.")
+@json_option
+@handle_errors
+def stats(since: str | None, as_json: bool) -> None:
+    """Jobs per status and source, calls, success rate, latency, rate-limit waits.
+
+    --json prints one object: since, jobs_total, jobs {status: n}, jobs_by_source {source: n},
+    calls {total, cancel, status_check, cancel_per_job}, success_rate (succeeded / terminal
+    jobs, null when none finished), latency_ms {p50, p95, p99} of provider calls,
+    rate_limit {provider_429s, calls_that_waited, wait_seconds}, oldest_queued_age_seconds.
+    """
+    from models.db import make_engine, make_session_factory, utcnow
+    from worker.stats import collect_stats
+
+    since_at = parse_time(since, "--since")
+    engine = make_engine(settings().database_url)
+    with make_session_factory(engine)() as session:
+        data = collect_stats(session, since_at, utcnow())
+    engine.dispose()
+    if as_json:
+        emit_json(data)
+        return
+    from worker.render import stats_table
+
+    stats_table(data)
+
+
+@main.command()
+@handle_errors
+def demo() -> None:
+    """Run the whole pipeline end to end on this machine, no services needed.
+
+    A SQLite file (./fpcancel-demo.db, made anew), Celery's in-memory broker (or the Redis at
+    FPCANCEL_BROKER_URL if one answers), the sandbox on a free port and a worker in this process
+    cancel a customer's order and a small stock-out with paid, unknown and flaky orders.
+    """
+    from rich.console import Console
+
+    from worker.demo import run_demo
+
+    code = run_demo(settings(), Console(stderr=True))
+    if code:
+        raise fail("the demo did not finish as expected (see above)", 1)
 
 
 # -- sandbox -----------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ CANCELLED_MESSAGE = "cancelledOrderSuccessfully"
 ALREADY_PAID_MESSAGE = "orderStatusAlreadyPaid"
 NOT_FOUND_MESSAGE = "orderNotFound"
 INVALID_PAYLOAD_MESSAGE = "payloadValidationErrors"
+# A provider asking for more than a day is wrong or hostile; waiting a day is the most we honour.
+MAX_RETRY_AFTER_SECONDS = 86_400.0
 
 
 class Outcome(StrEnum):
@@ -105,9 +107,10 @@ def classify_cancel(result: Answer | TransportError, now_epoch: float = 0.0) -> 
         if message == NOT_FOUND_MESSAGE:
             return Decision(Outcome.NOT_FOUND, final=JobStatus.NOT_FOUND)
         return _blocked(Outcome.MISROUTED, Block.MISROUTED, answer, now_epoch)
-    if status == 417:
-        errors = answer.body.get("errors") if isinstance(answer.body, dict) else None
-        return Decision(Outcome.INVALID_PAYLOAD, final=JobStatus.INVALID_PAYLOAD, errors=errors)
+    if status == 417 and isinstance(answer.body, dict):
+        return Decision(
+            Outcome.INVALID_PAYLOAD, final=JobStatus.INVALID_PAYLOAD, errors=answer.body.get("errors")
+        )
     if 300 <= status < 400:
         return _blocked(Outcome.MISROUTED, Block.MISROUTED, answer, now_epoch)
     if status >= 500:
@@ -116,6 +119,9 @@ def classify_cancel(result: Answer | TransportError, now_epoch: float = 0.0) -> 
         )
     if status == 408:
         return Decision(Outcome.RETRYABLE, retry_after_seconds=retry_after(answer, now_epoch))
+    if answer.body is None:
+        # Not JSON (a proxy's page): not the API's answer, so it may or may not have cancelled.
+        return Decision(Outcome.AMBIGUOUS, ambiguous=True)
     return Decision(Outcome.FAILED, final=JobStatus.FAILED)
 
 
@@ -152,7 +158,15 @@ def order_status_of(answer: Answer) -> str | None:
 
 def retry_after(answer: Answer, now_epoch: float) -> float | None:
     """Seconds the provider asked us to wait: `Retry-After` (seconds or a date), else
-    `X-RateLimit-Reset` (epoch seconds) on a 429. None when it said nothing usable."""
+    `X-RateLimit-Reset` (epoch seconds) on a 429; at most a day. None when it said nothing
+    usable."""
+    seconds = _asked_wait(answer, now_epoch)
+    if seconds is None or seconds != seconds:  # NaN
+        return None
+    return min(seconds, MAX_RETRY_AFTER_SECONDS)
+
+
+def _asked_wait(answer: Answer, now_epoch: float) -> float | None:
     raw = answer.headers.get("retry-after", "").strip()
     if raw:
         try:

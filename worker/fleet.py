@@ -41,7 +41,7 @@ return 0
 
 
 class RedisFleet:
-    def __init__(self, redis: Redis, namespace: str = "default") -> None:
+    def __init__(self, redis: Redis, namespace: str = "fpcancel") -> None:
         self._redis = redis
         self._lead_key = f"{PREFIX}{namespace}:scheduler"
         self._members_key = f"{PREFIX}{namespace}:members"

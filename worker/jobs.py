@@ -151,12 +151,15 @@ def mark_in_call(session: Session, job: ClaimedJob, now: datetime) -> bool:
 
 
 def release_job(session: Session, job: ClaimedJob, now: datetime, after_seconds: float) -> bool:
-    """Give the job back untouched (no call was made): it waits `after_seconds`, then goes again."""
+    """Give the job back: it waits `after_seconds`, then goes again. If a cancel POST had left
+    (an error after it), the order's status is checked before the next one."""
     result = session.execute(
         update(CancelJob)
         .where(*_held(job))
         .values(
             status=job.status_before,
+            needs_status_check=CancelJob.needs_status_check | CancelJob.in_call_since.is_not(None),
+            in_call_since=None,
             next_attempt_at=now + timedelta(seconds=after_seconds),
             dispatch_token=None,
             dispatched_at=None,
@@ -177,6 +180,7 @@ def record_call(
     result: Answer | TransportError,
     decision: Decision,
     update_: JobUpdate,
+    rate_wait_seconds: float = 0.0,
     body_chars: int = 2000,
 ) -> bool:
     """Write the call's attempt row and apply `update_` to the job, in one transaction.
@@ -215,6 +219,7 @@ def record_call(
             retry_in_ms=None
             if update_.retry_in_seconds is None
             else int(update_.retry_in_seconds * 1000),
+            rate_wait_ms=int(rate_wait_seconds * 1000),
         )
     )
     values = dict(update_.values)

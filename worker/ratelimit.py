@@ -26,8 +26,10 @@ from redis import Redis
 from worker.settings import RateLimit
 
 PREFIX = "fpcancel:rate:"
-# A live waiter that stops asking (its worker died) stops holding bulk back after this long.
+# A live waiter that stops asking (its worker died) stops holding bulk back after this long;
+# waiters ask again at least every ASK_AGAIN_SECONDS, so a live one never loses its place.
 LIVE_WAITER_TTL_MS = 3000
+ASK_AGAIN_SECONDS = 1.0
 
 
 def window_with_margin_ms(limit: RateLimit) -> int:
@@ -66,6 +68,7 @@ local window = tonumber(ARGV[2])
 local lane = ARGV[3]
 local caller = ARGV[4]
 local waiter_ttl = tonumber(ARGV[5])
+local nonce = ARGV[6]
 local paused = 0
 for _, key in ipairs({KEYS[2], KEYS[3]}) do
   local untill = tonumber(redis.call('GET', key) or '0')
@@ -80,17 +83,19 @@ if lane ~= 'live' and redis.call('ZCARD', KEYS[4]) > 0 then
   return 20
 end
 if redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now, caller .. ':' .. now)
+  redis.call('ZADD', KEYS[1], now, nonce)
   redis.call('PEXPIRE', KEYS[1], window)
   redis.call('ZREM', KEYS[4], caller)
   return 0
 end
-if lane == 'live' then
-  redis.call('ZADD', KEYS[4], now + waiter_ttl, caller)
-  redis.call('PEXPIRE', KEYS[4], waiter_ttl)
-end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now)
+local wait = math.max(1, tonumber(oldest[2]) + window - now)
+if lane == 'live' then
+  -- Held until the slot it waits for has freed, and a little after, so it keeps its place.
+  redis.call('ZADD', KEYS[4], now + wait + waiter_ttl, caller)
+  redis.call('PEXPIRE', KEYS[4], wait + waiter_ttl)
+end
+return wait
 """
 
 _PAUSE = """
@@ -130,7 +135,7 @@ return math.max(0, tonumber(oldest[2]) + window - now)
 class RedisLimiter:
     """The fleet-wide limiter; every method is one round trip to Redis."""
 
-    def __init__(self, redis: Redis, limit: RateLimit, *, namespace: str = "default") -> None:
+    def __init__(self, redis: Redis, limit: RateLimit, *, namespace: str = "fpcancel") -> None:
         self._redis = redis
         self._limit = limit
         self._window_ms = window_with_margin_ms(limit)
@@ -155,7 +160,7 @@ class RedisLimiter:
             self._pause_keys["unauthorized"],
             self._waiters_key,
         ]
-        args = [self._limit.calls, self._window_ms, lane, caller, LIVE_WAITER_TTL_MS]
+        args = [self._limit.calls, self._window_ms, lane, caller, LIVE_WAITER_TTL_MS, uuid.uuid4().hex]
         return int(self._acquire(keys=keys, args=args)) / 1000
 
     def pause(self, reason: str, seconds: float) -> None:
@@ -216,9 +221,10 @@ class LocalLimiter:
                 self._calls.append(now)
                 self._live_waiters.pop(caller, None)
                 return 0.0
+            wait = max(0.001, next_free)
             if lane == "live":
-                self._live_waiters[caller] = now + LIVE_WAITER_TTL_MS / 1000
-            return max(0.001, next_free)
+                self._live_waiters[caller] = now + wait + LIVE_WAITER_TTL_MS / 1000
+            return wait
 
     def pause(self, reason: str, seconds: float) -> None:
         with self._lock:
@@ -277,5 +283,5 @@ def wait_for_slot(
         remaining = max_wait_seconds - waited
         if remaining <= 0 or stop.is_set():
             return False, waited
-        if stop.wait(min(wait, remaining)):
+        if stop.wait(min(wait, remaining, ASK_AGAIN_SECONDS)):
             return False, time.monotonic() - started

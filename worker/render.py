@@ -78,3 +78,25 @@ def job_detail(data: dict[str, Any]) -> None:
             (call["response_body"] or "")[:60].replace("\n", " "),
         )
     console.print(table)
+
+
+def stats_table(stats: dict[str, Any], console: Console | None = None) -> None:
+    console = console or _console()
+    table = Table(title="fpcancel stats" + (f" since {stats['since']}" if stats["since"] else ""), show_edge=False, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    jobs = ", ".join(f"{_status(k)} {v}" for k, v in stats["jobs"].items() if v)
+    table.add_row("jobs", f"{stats['jobs_total']} ({jobs})" if jobs else "0")
+    sources = ", ".join(f"{k or '(none)'} {v}" for k, v in stats["jobs_by_source"].items())
+    table.add_row("by source", sources or "-")
+    calls = stats["calls"]
+    table.add_row("calls", f"{calls['total']} ({calls['cancel']} cancel, {calls['status_check']} status checks; {calls['cancel_per_job'] or 0} cancels per job)")
+    rate = stats["success_rate"]
+    table.add_row("success rate", "-" if rate is None else f"{rate:.1%} of finished jobs succeeded")
+    latency = stats["latency_ms"]
+    table.add_row("latency", ", ".join(f"{k} {'-' if v is None else f'{v:.0f} ms'}" for k, v in latency.items()))
+    waits = stats["rate_limit"]
+    table.add_row("rate limit", f"{waits['provider_429s']} 429s; {waits['calls_that_waited']} calls waited for a slot, {waits['wait_seconds']:.1f} s in all")
+    age = stats["oldest_queued_age_seconds"]
+    table.add_row("oldest queued", "-" if age is None else f"{age:.0f} s")
+    console.print(table)

@@ -57,15 +57,25 @@ def uses_redis(settings: Settings) -> bool:
     return settings.broker_url.startswith(("redis://", "rediss://", "unix://"))
 
 
-def build_runtime(settings: Settings, *, concurrency: int = 4, with_client: bool = False) -> Runtime:
-    """Engines, broker, limiter and (for workers) the provider client for these settings."""
+def build_runtime(
+    settings: Settings,
+    *,
+    concurrency: int = 4,
+    with_client: bool = False,
+    namespace: str = "fpcancel",
+) -> Runtime:
+    """Engines, broker, limiter and (for workers) the provider client for these settings.
+
+    `namespace` names the broker queues and the Redis keys: fleets with different namespaces
+    share a Redis without sharing work or budget (the demo uses its own).
+    """
     engine = make_engine(settings.database_url, pool_size=concurrency + 2)
     limiter: Limiter
     fleet: Fleet
     if uses_redis(settings):
         redis = Redis.from_url(settings.broker_url, socket_connect_timeout=3, socket_timeout=10)
-        limiter = RedisLimiter(redis, settings.rate_limit)
-        fleet = RedisFleet(redis)
+        limiter = RedisLimiter(redis, settings.rate_limit, namespace=namespace)
+        fleet = RedisFleet(redis, namespace=namespace)
     else:
         limiter = LocalLimiter(settings.rate_limit)
         fleet = LocalFleet()
@@ -84,7 +94,7 @@ def build_runtime(settings: Settings, *, concurrency: int = 4, with_client: bool
         sessions=make_session_factory(engine),
         limiter=limiter,
         fleet=fleet,
-        app=make_celery(settings),
+        app=make_celery(settings, queue_prefix=namespace),
         client=client,
     )
 

@@ -7,6 +7,8 @@ for the rate limiter or the provider.
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 from celery import shared_task
@@ -27,7 +29,7 @@ from worker.decisions import (
 from worker.provider import Answer, TransportError
 from worker.ratelimit import wait_for_slot
 from worker.runtime import Runtime, current
-from worker.transitions import ClaimedJob, after_cancel, after_status_check
+from worker.transitions import ClaimedJob, JobUpdate, after_cancel, after_status_check
 
 log = logging.getLogger("fpcancel.calls")
 T = TypeVar("T")
@@ -75,8 +77,9 @@ def run_job(runtime: Runtime, job_id: int, token: str) -> str:
         return "error"
 
 
-def _slot(runtime: Runtime, job: ClaimedJob) -> bool:
-    granted, _ = wait_for_slot(
+def _slot(runtime: Runtime, job: ClaimedJob) -> float | None:
+    """Seconds waited for a rate-limit slot, or None when the job went back without one."""
+    granted, waited = wait_for_slot(
         runtime.limiter,
         job.lane,
         max_wait_seconds=runtime.settings.rate_limit_wait_seconds,
@@ -85,7 +88,8 @@ def _slot(runtime: Runtime, job: ClaimedJob) -> bool:
     if not granted:
         # Not our turn (or we are stopping): the job goes back untouched, no attempt spent.
         _give_back(runtime, job, after_seconds=runtime.limiter.paused_for())
-    return granted
+        return None
+    return waited
 
 
 def _give_back(runtime: Runtime, job: ClaimedJob, *, after_seconds: float) -> None:
@@ -94,7 +98,8 @@ def _give_back(runtime: Runtime, job: ClaimedJob, *, after_seconds: float) -> No
 
 
 def _status_check(runtime: Runtime, job: ClaimedJob) -> str:
-    if not _slot(runtime, job):
+    waited = _slot(runtime, job)
+    if waited is None:
         return "released"
     assert runtime.client is not None
     started = runtime.clock()
@@ -107,12 +112,13 @@ def _status_check(runtime: Runtime, job: ClaimedJob) -> str:
     decision = classify_status_check(result, finished.timestamp())
     pause = _heed(runtime, decision, result)
     update = after_status_check(job, decision, runtime.policy, finished, pause)
-    _record(runtime, job, AttemptKind.STATUS_CHECK, started, finished, result, decision, update)
+    _record(runtime, job, Call(AttemptKind.STATUS_CHECK, started, finished, waited, result), decision, update)
     return "proceed" if update.proceed else update.status.value
 
 
 def _cancel(runtime: Runtime, job: ClaimedJob) -> str:
-    if not _slot(runtime, job):
+    waited = _slot(runtime, job)
+    if waited is None:
         return "released"
     assert runtime.client is not None
     started = runtime.clock()
@@ -126,47 +132,60 @@ def _cancel(runtime: Runtime, job: ClaimedJob) -> str:
     decision = classify_cancel(result, finished.timestamp())
     pause = _heed(runtime, decision, result)
     update = after_cancel(job, decision, runtime.policy, finished, pause, runtime.rng)
-    _record(runtime, job, AttemptKind.CANCEL, started, finished, result, decision, update)
+    _record(runtime, job, Call(AttemptKind.CANCEL, started, finished, waited, result), decision, update)
     return update.status.value
 
 
-def _record(
-    runtime: Runtime,
-    job: ClaimedJob,
-    kind: AttemptKind,
-    started: object,
-    finished: object,
-    result: Answer | TransportError,
-    decision: Decision,
-    update: object,
-) -> None:
+@dataclass(frozen=True)
+class Call:
+    """One provider call as it happened."""
+
+    kind: AttemptKind
+    started: datetime
+    finished: datetime
+    rate_wait_seconds: float
+    result: Answer | TransportError
+
+
+def _record(runtime: Runtime, job: ClaimedJob, call: Call, decision: Decision, update: JobUpdate) -> None:
     """Write the attempt; keep trying while the database is away, for as long as we hold the job."""
     held = in_transaction(
         runtime,
         lambda s: jobs.record_call(
             s,
             job,
-            kind=kind,
-            started_at=started,  # type: ignore[arg-type]
-            finished_at=finished,  # type: ignore[arg-type]
-            result=result,
+            kind=call.kind,
+            started_at=call.started,
+            finished_at=call.finished,
+            result=call.result,
             decision=decision,
-            update_=update,  # type: ignore[arg-type]
+            update_=update,
+            rate_wait_seconds=call.rate_wait_seconds,
         ),
         patience=runtime.settings.claim_lease_seconds,
     )
-    http = result.status if isinstance(result, Answer) else "-"
-    duration = result.duration_ms
+    result = call.result
     log.info(
-        "job=%s order=%s kind=%s attempts=%s outcome=%s http=%s duration_ms=%s%s",
+        "job=%s order=%s kind=%s attempts=%s outcome=%s http=%s duration_ms=%s rate_wait_ms=%d%s",
         job.id,
         job.order_uuid,
-        kind.value,
-        job.attempts + (1 if kind is AttemptKind.CANCEL and decision.counts else 0),
+        call.kind.value,
+        job.attempts + (1 if call.kind is AttemptKind.CANCEL and decision.counts else 0),
         decision.outcome.value,
-        http,
-        duration,
+        result.status if isinstance(result, Answer) else "-",
+        result.duration_ms,
+        call.rate_wait_seconds * 1000,
         "" if held else " (the job was taken back meanwhile; its status will be checked)",
+        extra={
+            "fields": {
+                "job_id": job.id,
+                "order_uuid": job.order_uuid,
+                "kind": call.kind.value,
+                "outcome": decision.outcome.value,
+                "http_status": result.status if isinstance(result, Answer) else None,
+                "duration_ms": result.duration_ms,
+            }
+        },
     )
 
 

@@ -69,6 +69,7 @@ def upgrade() -> None:
     sa.Column('response_body', sa.Text(), nullable=True),
     sa.Column('counted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
     sa.Column('retry_in_ms', sa.Integer(), nullable=True),
+    sa.Column('rate_wait_ms', sa.Integer(), server_default='0', nullable=False),
     sa.CheckConstraint("kind IN ('cancel', 'status_check')", name='ck_cancel_attempts_kind'),
     sa.ForeignKeyConstraint(['job_id'], ['cancel_jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')

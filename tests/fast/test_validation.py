@@ -27,7 +27,7 @@ any_text = st.one_of(st.text(max_size=120), mixed_text)
 
 @pytest.mark.parametrize("order_id", ["ODR123456789", "ODR2005869234", "a", "x" * 64, "odr_1-A"])
 def test_real_order_ids_are_accepted_unchanged(order_id: str) -> None:
-    """Front Payment's ids (`ODR…`, not RFC 4122 UUIDs) and anything of 1-64 allowed chars pass as-is."""
+    """Real ids (`ODR…`, not RFC 4122 UUIDs) and any 1-64 allowed characters pass as-is."""
     assert clean_order_uuid(order_id) == order_id
 
 
@@ -196,7 +196,7 @@ def test_the_two_lanes_are_accepted(lane: str) -> None:
 
 @pytest.mark.parametrize("lane", ["", "LIVE", "Bulk", " live", "fast", None, 1, ["live"]])
 def test_other_lanes_are_refused_naming_the_field(lane: object) -> None:
-    """Anything but `live` or `bulk` raises ValidationError naming `lane` and listing the choices."""
+    """Anything but `live` or `bulk` raises ValidationError naming `lane` and the choices."""
     with pytest.raises(ValidationError) as caught:
         clean_lane(lane)
     assert caught.value.field == "lane"
