@@ -1,4 +1,4 @@
-"""Alembic's entry point. `worker.migrate` hands it an open connection; plain `alembic` works too."""
+"""Alembic's entry point: `worker.migrate` hands it an open connection."""
 
 from alembic import context
 from sqlalchemy import create_engine

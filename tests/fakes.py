@@ -24,11 +24,41 @@ from worker.settings import RateLimit, Secret, Settings
 TOKEN = "test-token-5f1e2d3c"
 
 DOCUMENTED = {
-    202: {"status_code": 202, "status_message": "OK", "message": "cancelledOrderSuccessfully", "is_data": False, "data": None},
-    400: {"status_code": 400, "status_message": "Conflict of Business Logic", "message": "orderStatusAlreadyPaid", "is_error": False, "errors": None},
-    404: {"status_code": 404, "status_message": "Not Found", "message": "orderNotFound", "is_data": False, "data": None},
-    417: {"status_code": 417, "status_message": "Client Error", "message": "payloadValidationErrors", "is_error": True, "errors": {"cancellationNote": ["The cancellation note field is required."]}},
-    510: {"status_code": 510, "status_message": "Execution Exception Occurred", "message": "Something Went Wrong", "is_error": True, "errors": "Array"},
+    202: {
+        "status_code": 202,
+        "status_message": "OK",
+        "message": "cancelledOrderSuccessfully",
+        "is_data": False,
+        "data": None,
+    },
+    400: {
+        "status_code": 400,
+        "status_message": "Conflict of Business Logic",
+        "message": "orderStatusAlreadyPaid",
+        "is_error": False,
+        "errors": None,
+    },
+    404: {
+        "status_code": 404,
+        "status_message": "Not Found",
+        "message": "orderNotFound",
+        "is_data": False,
+        "data": None,
+    },
+    417: {
+        "status_code": 417,
+        "status_message": "Client Error",
+        "message": "payloadValidationErrors",
+        "is_error": True,
+        "errors": {"cancellationNote": ["The cancellation note field is required."]},
+    },
+    510: {
+        "status_code": 510,
+        "status_message": "Execution Exception Occurred",
+        "message": "Something Went Wrong",
+        "is_error": True,
+        "errors": "Array",
+    },
 }
 
 
@@ -60,7 +90,9 @@ class FakeTransport(BaseAdapter):
     def status_script(self, order: str, *replies: Reply) -> None:
         self.status_scripts[order] = list(replies)
 
-    def calls(self, order: str | None = None, kind: str | None = None) -> list[requests.PreparedRequest]:
+    def calls(
+        self, order: str | None = None, kind: str | None = None
+    ) -> list[requests.PreparedRequest]:
         return [
             r
             for r in self.requests
@@ -97,7 +129,15 @@ class FakeTransport(BaseAdapter):
 
 def default_reply(url: str) -> Reply:
     if "/orders/status/" in url:
-        return Reply(200, {"status_code": 200, "message": "Order Status Retrieved Successfully", "is_data": True, "data": {"status": "SENT"}})
+        return Reply(
+            200,
+            {
+                "status_code": 200,
+                "message": "Order Status Retrieved Successfully",
+                "is_data": True,
+                "data": {"status": "SENT"},
+            },
+        )
     return documented(202)
 
 
@@ -109,7 +149,11 @@ def fake_client(transport: FakeTransport, timeout: float = 1.0) -> FrontPaymentC
         return s
 
     return FrontPaymentClient(
-        "https://provider.test/api/v1", TOKEN, connect_timeout=timeout, read_timeout=timeout, session_factory=session
+        "https://provider.test/api/v1",
+        TOKEN,
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        session_factory=session,
     )
 
 
@@ -146,7 +190,12 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def sqlite_runtime(tmp_path: Path, transport: FakeTransport, clock: Callable[[], datetime] | None = None, **overrides: Any) -> Runtime:
+def sqlite_runtime(
+    tmp_path: Path,
+    transport: FakeTransport,
+    clock: Callable[[], datetime] | None = None,
+    **overrides: Any,
+) -> Runtime:
     url = f"sqlite:///{tmp_path / 'fpcancel.db'}"
     clock = clock or utcnow
     settings = test_settings(url, **overrides)

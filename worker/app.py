@@ -4,7 +4,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from worker.settings import Settings
 
@@ -41,7 +41,7 @@ def make_celery(settings: Settings, queue_prefix: str = "fpcancel") -> Celery:
         # Short I/O tasks: each thread reserves one message, so customers' messages are not
         # stuck behind a long local backlog.
         worker_prefetch_multiplier=1,
-        task_queues=[Queue(queues["live"]), Queue(queues["bulk"])],
+        task_queues=[Queue(queues["live"]), Queue(queues["bulk"])],  # type: ignore[no-untyped-call]
         task_default_queue=queues["live"],
         broker_transport_options={
             # BRPOP the live queue before the bulk one, not round-robin.

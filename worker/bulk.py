@@ -19,17 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, NamedTuple
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy import text
 
 from models.tables import CancelJob, JobStatus
 from worker.errors import BadInput, ValidationError
+from worker.jobs import insert_if_no_active
 from worker.validation import clean_note, clean_order_uuid
 
 BATCH_ROWS = 5000
 SHOWN_PROBLEMS = 50
-ACTIVE_SQL = "status IN ('queued', 'running', 'retrying', 'succeeded')"
 
 
 class BulkRow(NamedTuple):
@@ -108,7 +106,10 @@ def _header(fields: list[str]) -> tuple[int, int | None]:
     names = [name.strip().lstrip("\ufeff").lower() for name in fields]
     unknown = [name for name in names if name not in ("order_uuid", "note")]
     if unknown:
-        raise ValidationError("line 1", f"unknown column {unknown[0]!r}: the header names order_uuid and optionally note")
+        raise ValidationError(
+            "line 1",
+            f"unknown column {unknown[0]!r}: the header names order_uuid and optionally note",
+        )
     if len(set(names)) != len(names):
         raise ValidationError("line 1", "a column is named twice")
     if "order_uuid" not in names:
@@ -141,7 +142,11 @@ def _rows(stream: IO[str], default_note: str | None, problems: _Problems) -> Ite
         if not fields or all(not f.strip() for f in fields):
             continue  # blank lines are skipped
         if len(fields) != width:
-            problems.add(line, f"expected {width} field{'s' if width > 1 else ''} as the header says, got {len(fields)}")
+            problems.add(
+                line,
+                f"expected {width} field{'s' if width > 1 else ''} as the header says, "
+                f"got {len(fields)}",
+            )
             continue
         text_ = ",".join(fields)
         if "\ufffd" in text_:
@@ -185,7 +190,7 @@ def check_csv(source: IO[bytes], default_note: str | None, seekable: bool = True
     A stream that cannot seek (stdin) is copied to a temporary file first.
     """
     if not seekable:
-        spool = tempfile.TemporaryFile()
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the CheckedCsv
         shutil.copyfileobj(source, spool, 1 << 20)
         source = spool
     source.seek(0)
@@ -202,13 +207,6 @@ def check_csv(source: IO[bytes], default_note: str | None, seekable: bool = True
 
 
 # -- writing -----------------------------------------------------------------------------------
-
-
-def _insert(session: Session) -> postgresql.Insert | sqlite.Insert:
-    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return module.insert(CancelJob.__table__).on_conflict_do_nothing(  # type: ignore[arg-type]
-        index_elements=["order_uuid"], index_where=text(ACTIVE_SQL)
-    )
 
 
 def write_bulk(
@@ -234,7 +232,8 @@ def write_bulk(
         for values in batch:
             values["next_attempt_at"] = values["created_at"] = values["updated_at"] = moment
         with sessions.begin() as session:
-            created = len(session.execute(_insert(session).returning(CancelJob.id), batch).all())
+            stmt = insert_if_no_active(session).returning(CancelJob.__table__.c.id)
+            created = len(session.execute(stmt, batch).all())
         result.created += created
         result.already_active += len(batch) - created
         if progress is not None:

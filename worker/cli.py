@@ -24,10 +24,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("fpcancel")
 
 
+class BadInputError(click.ClickException):
+    """Exit 2: bad input, with a one-line reason."""
+
+    exit_code = 2
+
+
 def fail(message: str, code: int) -> click.ClickException:
-    exc = click.ClickException(message)
-    exc.exit_code = code
-    return exc
+    """A one-line reason and the SPEC's exit code (2 bad input, 1 anything else)."""
+    return BadInputError(message) if code == 2 else click.ClickException(message)
 
 
 def handle_errors(func: F) -> F:
@@ -63,7 +68,9 @@ def say(message: str) -> None:
     click.echo(message, err=True)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -106,8 +113,14 @@ def db_upgrade() -> None:
 
 @main.command()
 @click.argument("order_uuid")
-@click.option("--note", required=True, help="Cancellation note sent to Front Payment (1-1,000 characters).")
-@click.option("--source", default=None, help="A label for where the job came from (1-64 of A-Z a-z 0-9 _ - . :).")
+@click.option(
+    "--note", required=True, help="Cancellation note sent to Front Payment (1-1,000 characters)."
+)
+@click.option(
+    "--source",
+    default=None,
+    help="A label for where the job came from (1-64 of A-Z a-z 0-9 _ - . :).",
+)
 @click.option(
     "--lane",
     type=click.Choice(["live", "bulk"]),
@@ -135,9 +148,19 @@ def enqueue(order_uuid: str, note: str, source: str | None, lane: str, as_json: 
     clean_lane(lane)
     job = producer.enqueue(order_uuid, note, source, lane)
     if job.created and lane == "live" and not job.published:
-        say(f"warning: broker unreachable; job {job.id} is saved and a worker's scheduler will send it")
+        say(
+            f"warning: broker unreachable; job {job.id} is saved and a worker's scheduler "
+            "will send it"
+        )
     if as_json:
-        emit_json({"id": job.id, "order_uuid": job.order_uuid, "status": job.status, "created": job.created})
+        emit_json(
+            {
+                "id": job.id,
+                "order_uuid": job.order_uuid,
+                "status": job.status,
+                "created": job.created,
+            }
+        )
     else:
         if not job.created:
             say(f"order {job.order_uuid} already has job {job.id} ({job.status}); no new job")
@@ -147,11 +170,15 @@ def enqueue(order_uuid: str, note: str, source: str | None, lane: str, as_json: 
 @main.command("enqueue-bulk")
 @click.argument("file", type=click.File("rb"))
 @click.option("--note", default=None, help="Note for rows whose note column is empty or missing.")
-@click.option("--source", default=None, help="A label stored on every job (1-64 of A-Z a-z 0-9 _ - . :).")
+@click.option(
+    "--source", default=None, help="A label stored on every job (1-64 of A-Z a-z 0-9 _ - . :)."
+)
 @click.option("--lane", type=click.Choice(["live", "bulk"]), default="bulk", show_default=True)
 @json_option
 @handle_errors
-def enqueue_bulk_command(file: Any, note: str | None, source: str | None, lane: str, as_json: bool) -> None:
+def enqueue_bulk_command(
+    file: Any, note: str | None, source: str | None, lane: str, as_json: bool
+) -> None:
     """Enqueue every order in a CSV FILE (or - for stdin).
 
     The first line is a header naming order_uuid and optionally note, in any order. Fields are
@@ -207,9 +234,26 @@ def enqueue_bulk_command(file: Any, note: str | None, source: str | None, lane: 
 
 
 @main.command()
-@click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True, help="Task threads in this worker.")
-@click.option("--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: one JSON object per line.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Task threads in this worker.",
+)
+@click.option(
+    "--loglevel",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line.",
+)
 @handle_errors
 def worker(concurrency: int, loglevel: str, log_format: str) -> None:
     """Run a worker until SIGTERM: the Celery worker (threads) plus the scheduler.
@@ -222,7 +266,9 @@ def worker(concurrency: int, loglevel: str, log_format: str) -> None:
 
     current = settings()
     current.check_provider()
-    run_worker(current, concurrency=concurrency, loglevel=loglevel.upper(), log_json=log_format == "json")
+    run_worker(
+        current, concurrency=concurrency, loglevel=loglevel.upper(), log_json=log_format == "json"
+    )
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -234,7 +280,17 @@ def jobs() -> None:
 
 
 STATUS_CHOICE = click.Choice(
-    ["queued", "running", "retrying", "succeeded", "already_paid", "not_found", "invalid_payload", "dead", "failed"]
+    [
+        "queued",
+        "running",
+        "retrying",
+        "succeeded",
+        "already_paid",
+        "not_found",
+        "invalid_payload",
+        "dead",
+        "failed",
+    ]
 )
 
 
@@ -246,15 +302,25 @@ def parse_time(value: str | None, name: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise fail(f"{name}: {value!r} is not an ISO 8601 time (e.g. 2026-11-27T08:00:00Z)", 2) from None
+        raise fail(
+            f"{name}: {value!r} is not an ISO 8601 time (e.g. 2026-11-27T08:00:00Z)", 2
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @jobs.command("list")
-@click.option("--status", "statuses", multiple=True, type=STATUS_CHOICE, help="Only these statuses (repeatable).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=STATUS_CHOICE,
+    help="Only these statuses (repeatable).",
+)
 @click.option("--order", "order_uuid", default=None, help="Only this order's jobs.")
 @click.option("--source", default=None, help="Only jobs with this source.")
-@click.option("--since", default=None, help="Created at or after this ISO 8601 time (UTC if no zone).")
+@click.option(
+    "--since", default=None, help="Created at or after this ISO 8601 time (UTC if no zone)."
+)
 @click.option("--until", default=None, help="Created before this ISO 8601 time.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
@@ -322,7 +388,11 @@ def jobs_show(job_id: int, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--since", default=None, help="Only jobs created (and calls made) at or after this ISO 8601 time.")
+@click.option(
+    "--since",
+    default=None,
+    help="Only jobs created (and calls made) at or after this ISO 8601 time.",
+)
 @json_option
 @handle_errors
 def stats(since: str | None, as_json: bool) -> None:
@@ -372,10 +442,31 @@ def demo() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port.")
-@click.option("--token", envvar="SANDBOX_TOKEN", default=None, help="Accept only this bearer token (default: any). Env: SANDBOX_TOKEN.")
-@click.option("--rate-limit", default="240/60", show_default=True, help="CALLS/SECONDS before answering 429, or 'off'.")
-@click.option("--scenario", type=click.File("r"), default=None, help='JSON: {"orders": {"ODR1": {"status": "PAID", "script": ["510"]}}}.')
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="0 picks a free port.",
+)
+@click.option(
+    "--token",
+    envvar="SANDBOX_TOKEN",
+    default=None,
+    help="Accept only this bearer token (default: any). Env: SANDBOX_TOKEN.",
+)
+@click.option(
+    "--rate-limit",
+    default="240/60",
+    show_default=True,
+    help="CALLS/SECONDS before answering 429, or 'off'.",
+)
+@click.option(
+    "--scenario",
+    type=click.File("r"),
+    default=None,
+    help='JSON: {"orders": {"ODR1": {"status": "PAID", "script": ["510"]}}}.',
+)
 @click.option(
     "--unknown-orders",
     type=click.Choice(["open", "missing"]),
@@ -405,10 +496,16 @@ def sandbox(
     from worker import sandbox as sb
 
     try:
-        limit = None if rate_limit.strip().lower() in ("off", "none", "0") else sb.parse_rate_limit(rate_limit)
+        limit = (
+            None
+            if rate_limit.strip().lower() in ("off", "none", "0")
+            else sb.parse_rate_limit(rate_limit)
+        )
     except ValueError as exc:
         raise fail(f"--rate-limit: {exc}", 2) from None
-    server = sb.SandboxServer(host, port, token=token, rate_limit=limit, unknown_orders=unknown_orders, verbose=verbose)
+    server = sb.SandboxServer(
+        host, port, token=token, rate_limit=limit, unknown_orders=unknown_orders, verbose=verbose
+    )
     if scenario is not None:
         try:
             server.load_scenario(json.load(scenario))

@@ -79,7 +79,9 @@ class Decision:
 
 
 def _blocked(outcome: Outcome, block: Block, answer: Answer, now: float) -> Decision:
-    return Decision(outcome, block=block, counts=False, retry_after_seconds=retry_after(answer, now))
+    return Decision(
+        outcome, block=block, counts=False, retry_after_seconds=retry_after(answer, now)
+    )
 
 
 def classify_cancel(result: Answer | TransportError, now_epoch: float = 0.0) -> Decision:
@@ -109,7 +111,9 @@ def classify_cancel(result: Answer | TransportError, now_epoch: float = 0.0) -> 
         return _blocked(Outcome.MISROUTED, Block.MISROUTED, answer, now_epoch)
     if status == 417 and isinstance(answer.body, dict):
         return Decision(
-            Outcome.INVALID_PAYLOAD, final=JobStatus.INVALID_PAYLOAD, errors=answer.body.get("errors")
+            Outcome.INVALID_PAYLOAD,
+            final=JobStatus.INVALID_PAYLOAD,
+            errors=answer.body.get("errors"),
         )
     if 300 <= status < 400:
         return _blocked(Outcome.MISROUTED, Block.MISROUTED, answer, now_epoch)

@@ -87,7 +87,9 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
     database_url = f"sqlite:///{DEMO_DB}"
     if redis_answers(base.broker_url):
         broker_url = base.broker_url
-        console.print(f"broker: Redis at {base.broker_url} answered, using it (queues {NAMESPACE}.*)")
+        console.print(
+            f"broker: Redis at {base.broker_url} answered, using it (queues {NAMESPACE}.*)"
+        )
     else:
         broker_url = "memory://"
         console.print("broker: no Redis answered, using Celery's in-memory broker")
@@ -95,7 +97,10 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
     for order, spec in BULK.items():
         sandbox.set_order(order, status=spec.get("status", "SENT"), script=spec.get("script", []))
     settings = demo_settings(base, sandbox.base_url, broker_url, database_url)
-    console.print(f"database: {database_url}; provider: the sandbox at {sandbox.base_url}; rate limit {settings.rate_limit.calls} calls per {settings.rate_limit.per_seconds:g} s")
+    console.print(
+        f"database: {database_url}; provider: the sandbox at {sandbox.base_url}; "
+        f"rate limit {settings.rate_limit.calls} calls per {settings.rate_limit.per_seconds:g} s"
+    )
 
     engine = make_engine(database_url)
     upgrade(engine)
@@ -125,7 +130,10 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
     console.print(f"enqueued customer cancel {CUSTOMER_ORDER} as job {customer.id} (lane live)")
     rows = [BulkRow(order, "Out of stock", n) for n, order in enumerate(BULK, start=1)]
     bulk = producer.enqueue_bulk(rows, source="demo-stockout")
-    console.print(f"enqueued a stock-out of {bulk.created} orders (lane bulk): paid, unknown and flaky ones among them")
+    console.print(
+        f"enqueued a stock-out of {bulk.created} orders (lane bulk): "
+        "paid, unknown and flaky ones among them"
+    )
 
     code = 1
     try:
@@ -146,7 +154,9 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
     with runtime.sessions() as session:
         stats = collect_stats(session)
         finals = dict(session.query(CancelJob.order_uuid, CancelJob.status).all())
-        flaky_id = session.query(CancelJob.id).filter(CancelJob.order_uuid == "ODR910000016").scalar()
+        flaky_id = (
+            session.query(CancelJob.id).filter(CancelJob.order_uuid == "ODR910000016").scalar()
+        )
     runtime.close()
     install(None)
     console.print()
@@ -156,7 +166,8 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
         console.print(f"[red]demo did not finish as expected[/red]: {wrong or 'timed out'}")
         return 1
     console.print(
-        f"[green]done in {time.monotonic() - started:.1f} s.[/green] Look at a flaky order's calls:\n"
+        f"[green]done in {time.monotonic() - started:.1f} s.[/green] "
+        "Look at a flaky order's calls:\n"
         f"  FPCANCEL_DATABASE_URL={database_url} fpcancel jobs show {flaky_id}"
     )
     return 0
@@ -166,7 +177,9 @@ def _counts(runtime: Any) -> dict[str, int]:
     from sqlalchemy import func, select
 
     with runtime.sessions() as session:
-        return dict(session.execute(select(CancelJob.status, func.count()).group_by(CancelJob.status)).all())
+        return dict(
+            session.execute(select(CancelJob.status, func.count()).group_by(CancelJob.status)).all()
+        )
 
 
 def _progress(counts: dict[str, int], elapsed: float) -> Table:

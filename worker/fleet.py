@@ -64,7 +64,8 @@ class RedisFleet:
     def threads(self) -> int:
         now, total, stale = time.time(), 0, []
         for member, value in self._redis.hgetall(self._members_key).items():
-            threads, _, until = value.decode().partition(":")
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            threads, _, until = text.partition(":")
             if float(until) < now:
                 stale.append(member)
             else:

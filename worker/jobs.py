@@ -7,7 +7,7 @@ scheduler took the job back (the claim expired), the worker's late update touche
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import ColumnElement, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -28,13 +28,15 @@ class NewJob:
     created: bool
 
 
-def _insert_if_no_active(session: Session) -> postgresql.Insert | sqlite.Insert:
-    """INSERT that does nothing when the order already has an active-or-succeeded job."""
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(CancelJob).on_conflict_do_nothing(
-        index_elements=[CancelJob.order_uuid], index_where=text(ACTIVE_SQL)
-    )
+def insert_if_no_active(session: Session) -> postgresql.Insert | sqlite.Insert:
+    """INSERT into cancel_jobs that does nothing for an order that already has an active or
+    succeeded job: the partial unique index decides, so concurrent producers cannot both win."""
+    stmt: postgresql.Insert | sqlite.Insert
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = postgresql.insert(CancelJob)
+    else:
+        stmt = sqlite.insert(CancelJob)
+    return stmt.on_conflict_do_nothing(index_elements=["order_uuid"], index_where=text(ACTIVE_SQL))
 
 
 def insert_job(
@@ -49,7 +51,7 @@ def insert_job(
 ) -> NewJob:
     """A new `queued` job, or the order's existing active-or-succeeded job (SPEC.md, "Dedup")."""
     for _ in range(5):
-        stmt = _insert_if_no_active(session).values(
+        stmt = insert_if_no_active(session).values(
             order_uuid=order_uuid,
             note=note,
             source=source,
@@ -62,7 +64,7 @@ def insert_job(
             dispatch_token=dispatch_token,
             dispatched_at=now if dispatch_token else None,
         )
-        new_id = session.execute(stmt.returning(CancelJob.id)).scalar_one_or_none()
+        new_id = session.execute(stmt.returning(CancelJob.__table__.c.id)).scalar_one_or_none()
         if new_id is not None:
             return NewJob(new_id, order_uuid, JobStatus.QUEUED.value, True)
         existing = session.execute(
@@ -133,7 +135,7 @@ def claim_job(
     )
 
 
-def _held(job: ClaimedJob) -> tuple[object, ...]:
+def _held(job: ClaimedJob) -> tuple[ColumnElement[bool], ...]:
     return (
         CancelJob.id == job.id,
         CancelJob.dispatch_token == job.token,

@@ -19,7 +19,9 @@ class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if self._as_json:
             payload = {
-                "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+                "time": datetime.fromtimestamp(record.created, UTC)
+                .isoformat()
+                .replace("+00:00", "Z"),
                 "level": record.levelname.lower(),
                 "logger": record.name,
                 "message": record.getMessage(),
@@ -35,7 +37,9 @@ class RedactingFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "INFO", *, as_json: bool = False, secrets: list[str] | None = None) -> None:
+def setup_logging(
+    level: str = "INFO", *, as_json: bool = False, secrets: list[str] | None = None
+) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         RedactingFormatter(

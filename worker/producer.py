@@ -102,7 +102,9 @@ class Producer:
         """Write many jobs (already validated rows), batch by batch; the scheduler sends them."""
         source = clean_source(source)
         lane = clean_lane(lane)
-        return write_bulk(self.sessions, rows, source=source, lane=lane, now=self.clock, progress=progress)
+        return write_bulk(
+            self.sessions, rows, source=source, lane=lane, now=self.clock, progress=progress
+        )
 
 
 @lru_cache(maxsize=1)

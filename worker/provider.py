@@ -5,7 +5,7 @@ What a call returns or raises:
     Answer                      the provider answered: status, parsed JSON or raw text, headers
     ProviderError
     └── TransportError          no answer came back
-        ├── ConnectFailed       the request never left (refused, DNS, connect timeout): safe to resend
+        ├── ConnectFailed       the request never left (refused, DNS, connect timeout)
         └── AnswerLost          the request may have arrived (read timeout, dropped connection)
 
 Nothing here raises a `requests` exception, and nothing here puts the token in a message.
@@ -181,7 +181,12 @@ class FrontPaymentClient:
         started = perf_counter()
         try:
             response = self._session().request(
-                method, url, data=data, headers=headers, timeout=self._timeout, allow_redirects=False
+                method,
+                url,
+                data=data,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             )
             raw = response.content
         except requests.RequestException as exc:
@@ -194,7 +199,9 @@ class FrontPaymentClient:
             session.close()
 
 
-def parse_answer(status: int, raw: bytes, headers: Mapping[str, str], duration_ms: int = 0) -> Answer:
+def parse_answer(
+    status: int, raw: bytes, headers: Mapping[str, str], duration_ms: int = 0
+) -> Answer:
     """An `Answer` from what came over the wire; a body that is not JSON stays text."""
     text = raw.decode("utf-8", errors="replace")
     try:

@@ -1,5 +1,6 @@
 """What ops read: jobs and their calls, as the `--json` output shows them (column names as keys)."""
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -57,10 +58,8 @@ def _plain(value: Any) -> Any:
 def job_dict(job: CancelJob) -> dict[str, Any]:
     data = {name: _plain(getattr(job, name)) for name in JOB_FIELDS}
     if data["last_errors"] is not None:
-        try:
+        with contextlib.suppress(ValueError):  # older rows may hold plain text
             data["last_errors"] = json.loads(data["last_errors"])
-        except ValueError:
-            pass
     return data
 
 

@@ -160,7 +160,14 @@ class RedisLimiter:
             self._pause_keys["unauthorized"],
             self._waiters_key,
         ]
-        args = [self._limit.calls, self._window_ms, lane, caller, LIVE_WAITER_TTL_MS, uuid.uuid4().hex]
+        args: list[str | int] = [
+            self._limit.calls,
+            self._window_ms,
+            lane,
+            caller,
+            LIVE_WAITER_TTL_MS,
+            uuid.uuid4().hex,
+        ]
         return int(self._acquire(keys=keys, args=args)) / 1000
 
     def pause(self, reason: str, seconds: float) -> None:

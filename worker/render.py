@@ -35,7 +35,18 @@ def _when(value: Any) -> str:
 
 def jobs_table(rows: list[dict[str, Any]]) -> None:
     table = Table(show_edge=False, header_style="bold")
-    for column in ("id", "order_uuid", "status", "lane", "source", "attempts", "last_http_status", "last_message", "next_attempt_at", "created_at"):
+    for column in (
+        "id",
+        "order_uuid",
+        "status",
+        "lane",
+        "source",
+        "attempts",
+        "last_http_status",
+        "last_message",
+        "next_attempt_at",
+        "created_at",
+    ):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
@@ -58,8 +69,22 @@ def jobs_table(rows: list[dict[str, Any]]) -> None:
 
 def job_detail(data: dict[str, Any]) -> None:
     console = _console()
-    console.print(f"[bold]job {data['id']}[/bold]  order {data['order_uuid']}  {_status(data['status'])}")
-    for key in ("lane", "source", "note", "attempts", "next_attempt_at", "last_http_status", "last_message", "last_errors", "created_at", "updated_at", "finished_at"):
+    console.print(
+        f"[bold]job {data['id']}[/bold]  order {data['order_uuid']}  {_status(data['status'])}"
+    )
+    for key in (
+        "lane",
+        "source",
+        "note",
+        "attempts",
+        "next_attempt_at",
+        "last_http_status",
+        "last_message",
+        "last_errors",
+        "created_at",
+        "updated_at",
+        "finished_at",
+    ):
         value = data.get(key)
         if value is not None and value != "":
             console.print(f"  {key}: {value}", highlight=False)
@@ -82,7 +107,11 @@ def job_detail(data: dict[str, Any]) -> None:
 
 def stats_table(stats: dict[str, Any], console: Console | None = None) -> None:
     console = console or _console()
-    table = Table(title="fpcancel stats" + (f" since {stats['since']}" if stats["since"] else ""), show_edge=False, show_header=False)
+    table = Table(
+        title="fpcancel stats" + (f" since {stats['since']}" if stats["since"] else ""),
+        show_edge=False,
+        show_header=False,
+    )
     table.add_column("what", style="bold")
     table.add_column("value")
     jobs = ", ".join(f"{_status(k)} {v}" for k, v in stats["jobs"].items() if v)
@@ -90,13 +119,24 @@ def stats_table(stats: dict[str, Any], console: Console | None = None) -> None:
     sources = ", ".join(f"{k or '(none)'} {v}" for k, v in stats["jobs_by_source"].items())
     table.add_row("by source", sources or "-")
     calls = stats["calls"]
-    table.add_row("calls", f"{calls['total']} ({calls['cancel']} cancel, {calls['status_check']} status checks; {calls['cancel_per_job'] or 0} cancels per job)")
+    table.add_row(
+        "calls",
+        f"{calls['total']} ({calls['cancel']} cancel, {calls['status_check']} status checks; "
+        f"{calls['cancel_per_job'] or 0} cancels per job)",
+    )
     rate = stats["success_rate"]
     table.add_row("success rate", "-" if rate is None else f"{rate:.1%} of finished jobs succeeded")
     latency = stats["latency_ms"]
-    table.add_row("latency", ", ".join(f"{k} {'-' if v is None else f'{v:.0f} ms'}" for k, v in latency.items()))
+    table.add_row(
+        "latency",
+        ", ".join(f"{k} {'-' if v is None else f'{v:.0f} ms'}" for k, v in latency.items()),
+    )
     waits = stats["rate_limit"]
-    table.add_row("rate limit", f"{waits['provider_429s']} 429s; {waits['calls_that_waited']} calls waited for a slot, {waits['wait_seconds']:.1f} s in all")
+    table.add_row(
+        "rate limit",
+        f"{waits['provider_429s']} 429s; {waits['calls_that_waited']} calls waited for a slot, "
+        f"{waits['wait_seconds']:.1f} s in all",
+    )
     age = stats["oldest_queued_age_seconds"]
     table.add_row("oldest queued", "-" if age is None else f"{age:.0f} s")
     console.print(table)

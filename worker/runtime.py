@@ -110,5 +110,7 @@ def install(runtime: Runtime | None) -> None:
 
 def current() -> Runtime:
     if _current is None:
-        raise RuntimeError("no fpcancel runtime installed in this process (start it with `fpcancel worker`)")
+        raise RuntimeError(
+            "no fpcancel runtime installed in this process (start it with `fpcancel worker`)"
+        )
     return _current

@@ -97,7 +97,9 @@ class Scheduler:
                 report.sent = publish(rt.app, dispatches)
             except Exception as exc:
                 report.publish_failed = True
-                log.warning("broker unreachable (%s); %d jobs wait in the table", exc, len(dispatches))
+                log.warning(
+                    "broker unreachable (%s); %d jobs wait in the table", exc, len(dispatches)
+                )
                 with rt.sessions.begin() as session:
                     jobs.clear_dispatch(
                         session, [d.job_id for d in dispatches], [d.token for d in dispatches]
@@ -208,5 +210,7 @@ class Scheduler:
                     updated_at=now,
                 )
             )
-            log.warning("job %s: its worker was lost (%d times); %s", row.id, lost, values["status"])
+            log.warning(
+                "job %s: its worker was lost (%d times); %s", row.id, lost, values["status"]
+            )
         return taken, failed

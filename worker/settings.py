@@ -113,7 +113,8 @@ def check_base_url(url: str, name: str = "FRONTPAYMENT_BASE_URL") -> str:
         raise SettingsError(f"{name}: {url!r} is not an http(s) URL")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise SettingsError(
-            f"{name}: plain http is only allowed to a loopback host (the sandbox), got {parts.hostname!r}"
+            f"{name}: plain http is only allowed to a loopback host (the sandbox), "
+            f"got {parts.hostname!r}"
         )
     return url.rstrip("/")
 
@@ -173,7 +174,9 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def read_environment(environ: Mapping[str, str] | None = None, dotenv: Path | None = None) -> dict[str, str]:
+def read_environment(
+    environ: Mapping[str, str] | None = None, dotenv: Path | None = None
+) -> dict[str, str]:
     """The process environment over `./.env` (the environment wins)."""
     env: dict[str, str] = {}
     path = dotenv if dotenv is not None else Path.cwd() / ".env"
@@ -193,7 +196,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
     retry_max = _number(env, "FPCANCEL_RETRY_MAX_SECONDS", 900.0, minimum=0)
     if retry_max < retry_base:
         raise SettingsError(
-            f"FPCANCEL_RETRY_MAX_SECONDS: {retry_max:g} is below FPCANCEL_RETRY_BASE_SECONDS ({retry_base:g})"
+            f"FPCANCEL_RETRY_MAX_SECONDS: {retry_max:g} is below "
+            f"FPCANCEL_RETRY_BASE_SECONDS ({retry_base:g})"
         )
     return Settings(
         base_url=base_url.rstrip("/"),

@@ -7,7 +7,7 @@ computed by PostgreSQL (`percentile_cont`) or, on SQLite, by seeking into the so
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.tables import TERMINAL_STATUSES, CancelAttempt, CancelJob, JobStatus
@@ -24,8 +24,13 @@ def _percentiles(session: Session, since: datetime | None) -> dict[str, float | 
             for name, q in PERCENTILES.items()
         ]
         row = session.execute(select(*columns).where(*where)).one()
-        return {name: None if row[i] is None else round(float(row[i]), 1) for i, name in enumerate(PERCENTILES)}
-    count = session.execute(select(func.count()).select_from(CancelAttempt).where(*where)).scalar_one()
+        return {
+            name: None if row[i] is None else round(float(row[i]), 1)
+            for i, name in enumerate(PERCENTILES)
+        }
+    count = session.execute(
+        select(func.count()).select_from(CancelAttempt).where(*where)
+    ).scalar_one()
     result: dict[str, float | None] = {}
     for name, q in PERCENTILES.items():
         if not count:
@@ -33,33 +38,39 @@ def _percentiles(session: Session, since: datetime | None) -> dict[str, float | 
             continue
         offset = min(count - 1, int(q * (count - 1) + 0.5))
         value = session.execute(
-            select(CancelAttempt.duration_ms).where(*where).order_by(CancelAttempt.duration_ms).offset(offset).limit(1)
+            select(CancelAttempt.duration_ms)
+            .where(*where)
+            .order_by(CancelAttempt.duration_ms)
+            .offset(offset)
+            .limit(1)
         ).scalar_one()
         result[name] = float(value)
     return result
 
 
-def _jobs(stmt: Select[Any], since: datetime | None) -> Select[Any]:
-    return stmt.where(CancelJob.created_at >= since) if since is not None else stmt
-
-
-def collect_stats(session: Session, since: datetime | None = None, now: datetime | None = None) -> dict[str, Any]:
+def collect_stats(
+    session: Session, since: datetime | None = None, now: datetime | None = None
+) -> dict[str, Any]:
     """Every figure `stats --json` prints (keys documented in `fpcancel stats --help`)."""
     by_status = {s.value: 0 for s in JobStatus}
-    for status, count in session.execute(_jobs(select(CancelJob.status, func.count()).group_by(CancelJob.status), since)):
-        by_status[status] = count
-    by_source = {
-        (source or ""): count
-        for source, count in session.execute(
-            _jobs(select(CancelJob.source, func.count()).group_by(CancelJob.source), since)
-        )
-    }
+    jobs_where = [CancelJob.created_at >= since] if since is not None else []
+    status_counts = (
+        select(CancelJob.status, func.count()).where(*jobs_where).group_by(CancelJob.status)
+    )
+    for row in session.execute(status_counts):
+        by_status[row[0]] = row[1]
+    source_counts = (
+        select(CancelJob.source, func.count()).where(*jobs_where).group_by(CancelJob.source)
+    )
+    by_source = {(row[0] or ""): row[1] for row in session.execute(source_counts)}
     total = sum(by_status.values())
     terminal = sum(by_status[s.value] for s in TERMINAL_STATUSES)
     attempts_where = [CancelAttempt.started_at >= since] if since is not None else []
     calls = dict(
         session.execute(
-            select(CancelAttempt.kind, func.count()).where(*attempts_where).group_by(CancelAttempt.kind)
+            select(CancelAttempt.kind, func.count())
+            .where(*attempts_where)
+            .group_by(CancelAttempt.kind)
         ).all()
     )
     waits = session.execute(

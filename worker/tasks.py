@@ -35,7 +35,7 @@ log = logging.getLogger("fpcancel.calls")
 T = TypeVar("T")
 
 
-@shared_task(name=TASK_NAME, ignore_result=True)
+@shared_task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
 def cancel_order(job_id: int, token: str) -> str:
     """Celery's entry point; the work is in `run_job`."""
     return run_job(current(), job_id, token)
@@ -72,7 +72,9 @@ def run_job(runtime: Runtime, job_id: int, token: str) -> str:
                 return outcome
         return _cancel(runtime, job)
     except Exception:
-        log.exception("job=%s order=%s: unexpected error; the job goes back", job.id, job.order_uuid)
+        log.exception(
+            "job=%s order=%s: unexpected error; the job goes back", job.id, job.order_uuid
+        )
         _give_back(runtime, job, after_seconds=settings.retry_base_seconds)
         return "error"
 
@@ -112,7 +114,13 @@ def _status_check(runtime: Runtime, job: ClaimedJob) -> str:
     decision = classify_status_check(result, finished.timestamp())
     pause = _heed(runtime, decision, result)
     update = after_status_check(job, decision, runtime.policy, finished, pause)
-    _record(runtime, job, Call(AttemptKind.STATUS_CHECK, started, finished, waited, result), decision, update)
+    _record(
+        runtime,
+        job,
+        Call(AttemptKind.STATUS_CHECK, started, finished, waited, result),
+        decision,
+        update,
+    )
     return "proceed" if update.proceed else update.status.value
 
 
@@ -132,7 +140,9 @@ def _cancel(runtime: Runtime, job: ClaimedJob) -> str:
     decision = classify_cancel(result, finished.timestamp())
     pause = _heed(runtime, decision, result)
     update = after_cancel(job, decision, runtime.policy, finished, pause, runtime.rng)
-    _record(runtime, job, Call(AttemptKind.CANCEL, started, finished, waited, result), decision, update)
+    _record(
+        runtime, job, Call(AttemptKind.CANCEL, started, finished, waited, result), decision, update
+    )
     return update.status.value
 
 
@@ -147,7 +157,9 @@ class Call:
     result: Answer | TransportError
 
 
-def _record(runtime: Runtime, job: ClaimedJob, call: Call, decision: Decision, update: JobUpdate) -> None:
+def _record(
+    runtime: Runtime, job: ClaimedJob, call: Call, decision: Decision, update: JobUpdate
+) -> None:
     """Write the attempt; keep trying while the database is away, for as long as we hold the job."""
     held = in_transaction(
         runtime,
@@ -228,5 +240,3 @@ def _heed(runtime: Runtime, decision: Decision, result: Answer | TransportError)
             seconds,
         )
     return seconds
-
-

@@ -70,7 +70,11 @@ def _finish(status: JobStatus, now: datetime, **values: Any) -> JobUpdate:
 def _wait(now: datetime, seconds: float, *, check: bool, **values: Any) -> JobUpdate:
     return JobUpdate(
         JobStatus.RETRYING,
-        {"next_attempt_at": now + timedelta(seconds=seconds), "needs_status_check": check, **values},
+        {
+            "next_attempt_at": now + timedelta(seconds=seconds),
+            "needs_status_check": check,
+            **values,
+        },
         retry_in_seconds=seconds,
     )
 

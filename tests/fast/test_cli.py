@@ -20,7 +20,12 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         # Nothing listens here: enqueue must still commit and warn (the scheduler sends it later).
         "FPCANCEL_BROKER_URL": "redis://127.0.0.1:1/0",
     }
-    for key in ("FRONTPAYMENT_TOKEN", "FRONTPAYMENT_BASE_URL", "FPCANCEL_MAX_ATTEMPTS", "FPCANCEL_RATE_LIMIT"):
+    for key in (
+        "FRONTPAYMENT_TOKEN",
+        "FRONTPAYMENT_BASE_URL",
+        "FPCANCEL_MAX_ATTEMPTS",
+        "FPCANCEL_RATE_LIMIT",
+    ):
         monkeypatch.delenv(key, raising=False)
     result = CliRunner().invoke(main, ["db", "upgrade"], env=values)
     assert result.exit_code == 0, result.output
@@ -76,7 +81,11 @@ def test_worker_refuses_to_start_without_a_token(env: dict[str, str]) -> None:
 
 def test_worker_refuses_plain_http_to_a_remote_host(env: dict[str, str]) -> None:
     """http:// is for the local sandbox only."""
-    bad = {**env, "FRONTPAYMENT_TOKEN": "t", "FRONTPAYMENT_BASE_URL": "http://apigo.frontpayment.no/api/v1"}
+    bad = {
+        **env,
+        "FRONTPAYMENT_TOKEN": "t",
+        "FRONTPAYMENT_BASE_URL": "http://apigo.frontpayment.no/api/v1",
+    }
     result = CliRunner().invoke(main, ["worker"], env=bad)
     assert result.exit_code == 2
     assert "FRONTPAYMENT_BASE_URL" in result.output
@@ -106,7 +115,15 @@ def test_an_unreachable_database_exits_1(env: dict[str, str], tmp_path: Path) ->
 
 def test_every_command_answers_help() -> None:
     """--help works for each command a user can type."""
-    for args in (["--help"], ["db", "upgrade", "--help"], ["enqueue", "--help"], ["worker", "--help"], ["jobs", "list", "--help"], ["jobs", "show", "--help"], ["sandbox", "--help"]):
+    for args in (
+        ["--help"],
+        ["db", "upgrade", "--help"],
+        ["enqueue", "--help"],
+        ["worker", "--help"],
+        ["jobs", "list", "--help"],
+        ["jobs", "show", "--help"],
+        ["sandbox", "--help"],
+    ):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, args
         assert "Usage:" in result.output

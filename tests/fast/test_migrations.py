@@ -13,7 +13,11 @@ def test_migrations_and_models_agree_on_sqlite(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     assert differences_after_upgrade(engine) == []
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("cancel_jobs")}
-    assert {"uq_cancel_jobs_active_order", "ix_cancel_jobs_status_id", "ix_cancel_jobs_order_uuid"} <= indexes
+    assert {
+        "uq_cancel_jobs_active_order",
+        "ix_cancel_jobs_status_id",
+        "ix_cancel_jobs_order_uuid",
+    } <= indexes
     engine.dispose()
 
 

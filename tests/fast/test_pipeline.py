@@ -73,10 +73,18 @@ def job(rt: Runtime, job_id: int) -> CancelJob:
 
 def calls(rt: Runtime, job_id: int) -> list[CancelAttempt]:
     with rt.sessions() as s:
-        return list(s.scalars(select(CancelAttempt).where(CancelAttempt.job_id == job_id).order_by(CancelAttempt.number)))
+        return list(
+            s.scalars(
+                select(CancelAttempt)
+                .where(CancelAttempt.job_id == job_id)
+                .order_by(CancelAttempt.number)
+            )
+        )
 
 
-def test_each_documented_answer_ends_the_job_in_its_status(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+def test_each_documented_answer_ends_the_job_in_its_status(
+    runtime: Runtime, transport: FakeTransport, clock: Clock
+) -> None:
     """202, 400 paid, 404, 417 each end the job after one POST, in the SPEC's status."""
     transport.script("ODR1", documented(202))
     transport.script("ODR2", documented(400))
@@ -84,13 +92,22 @@ def test_each_documented_answer_ends_the_job_in_its_status(runtime: Runtime, tra
     transport.script("ODR4", documented(417))
     ids = [enqueue(runtime, f"ODR{i}") for i in range(1, 5)]
     drive(runtime, clock)
-    assert [job(runtime, i).status for i in ids] == ["succeeded", "already_paid", "not_found", "invalid_payload"]
+    assert [job(runtime, i).status for i in ids] == [
+        "succeeded",
+        "already_paid",
+        "not_found",
+        "invalid_payload",
+    ]
     assert [len(calls(runtime, i)) for i in ids] == [1, 1, 1, 1]
-    assert json.loads(job(runtime, ids[3]).last_errors or "null") == {"cancellationNote": ["The cancellation note field is required."]}
+    assert json.loads(job(runtime, ids[3]).last_errors or "null") == {
+        "cancellationNote": ["The cancellation note field is required."]
+    }
     assert all(job(runtime, i).finished_at is not None for i in ids)
 
 
-def test_every_call_carries_the_token_and_a_json_note(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+def test_every_call_carries_the_token_and_a_json_note(
+    runtime: Runtime, transport: FakeTransport, clock: Clock
+) -> None:
     """The provider sees the bearer token, a JSON cancellationNote and fpcancel's User-Agent."""
     enqueue(runtime, "ODR1", "  customer changed their mind  ")
     drive(runtime, clock)
@@ -102,7 +119,9 @@ def test_every_call_carries_the_token_and_a_json_note(runtime: Runtime, transpor
     assert request.url == "https://provider.test/api/v1/connect/orders/cancel/ODR1"
 
 
-def test_a_510_is_retried_with_a_status_check_and_a_404_is_not(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+def test_a_510_is_retried_with_a_status_check_and_a_404_is_not(
+    runtime: Runtime, transport: FakeTransport, clock: Clock
+) -> None:
     """Two 510s then 202: succeeded after 3 POSTs, each retry preceded by a status check; growing delay bounds."""
     transport.script("ODR1", documented(510), documented(510), documented(202))
     transport.script("ODR2", documented(404))
@@ -110,17 +129,28 @@ def test_a_510_is_retried_with_a_status_check_and_a_404_is_not(runtime: Runtime,
     drive(runtime, clock)
     rows = calls(runtime, first)
     assert [c.kind for c in rows] == ["cancel", "status_check", "cancel", "status_check", "cancel"]
-    assert [c.outcome for c in rows if c.kind == "cancel"] == ["ambiguous", "ambiguous", "succeeded"]
+    assert [c.outcome for c in rows if c.kind == "cancel"] == [
+        "ambiguous",
+        "ambiguous",
+        "succeeded",
+    ]
     assert job(runtime, first).status == "succeeded" and job(runtime, first).attempts == 3
     assert job(runtime, second).status == "not_found" and len(transport.calls("ODR2")) == 1
 
 
-def test_retry_delays_grow_with_the_attempt_number(tmp_path: Path, transport: FakeTransport, clock: Clock) -> None:
+def test_retry_delays_grow_with_the_attempt_number(
+    tmp_path: Path, transport: FakeTransport, clock: Clock
+) -> None:
     """With the jitter at its top, delay n is min(max, base * 2^(n-1)): 0.2, 0.4, 0.8 s."""
     rt = sqlite_runtime(tmp_path, transport, clock, http_timeout_seconds=0.01, max_attempts=4)
     for _ in range(3):
         transport.requests.clear()
-    transport.script("ODR1", Reply(0, raise_=ConnectFailed("refused")), Reply(0, raise_=ConnectFailed("refused")), Reply(0, raise_=ConnectFailed("refused")))
+    transport.script(
+        "ODR1",
+        Reply(0, raise_=ConnectFailed("refused")),
+        Reply(0, raise_=ConnectFailed("refused")),
+        Reply(0, raise_=ConnectFailed("refused")),
+    )
     job_id = enqueue(rt, "ODR1")
     drive(rt, clock, step=0.1)
     delays = [c.retry_in_ms for c in calls(rt, job_id) if c.retry_in_ms is not None]
@@ -129,7 +159,9 @@ def test_retry_delays_grow_with_the_attempt_number(tmp_path: Path, transport: Fa
     rt.close()
 
 
-def test_an_always_failing_order_is_dead_after_max_attempts_posts(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+def test_an_always_failing_order_is_dead_after_max_attempts_posts(
+    runtime: Runtime, transport: FakeTransport, clock: Clock
+) -> None:
     """Always 510: dead with exactly FPCANCEL_MAX_ATTEMPTS (4) POSTs and a final status check."""
     transport.script("ODR1", *[documented(510)] * 10)
     job_id = enqueue(runtime, "ODR1")
@@ -139,7 +171,9 @@ def test_an_always_failing_order_is_dead_after_max_attempts_posts(runtime: Runti
     assert job(runtime, job_id).attempts == 4
 
 
-def test_an_answer_lost_after_the_cancel_applied_is_settled_by_the_status_check(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+def test_an_answer_lost_after_the_cancel_applied_is_settled_by_the_status_check(
+    runtime: Runtime, transport: FakeTransport, clock: Clock
+) -> None:
     """A read timeout, then the order shows CANCELLED: succeeded with exactly one POST."""
     transport.script("ODR1", Reply(0, raise_=AnswerLost("read timeout")))
     transport.status_script("ODR1", Reply(200, {"data": {"status": "CANCELLED"}}))
@@ -150,9 +184,16 @@ def test_an_answer_lost_after_the_cancel_applied_is_settled_by_the_status_check(
     assert [c.outcome for c in calls(runtime, job_id)] == ["ambiguous", "order_cancelled"]
 
 
-def test_a_refused_token_never_ends_a_job_and_costs_no_attempt(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+def test_a_refused_token_never_ends_a_job_and_costs_no_attempt(
+    runtime: Runtime, transport: FakeTransport, clock: Clock
+) -> None:
     """401 twice: the job waits (retrying, 0 attempts), then succeeds once the token works."""
-    transport.script("ODR1", Reply(401, {"message": "Unauthenticated."}), Reply(401, {"message": "Unauthenticated."}), documented(202))
+    transport.script(
+        "ODR1",
+        Reply(401, {"message": "Unauthenticated."}),
+        Reply(401, {"message": "Unauthenticated."}),
+        documented(202),
+    )
     job_id = enqueue(runtime, "ODR1")
     run_job(runtime, *pending(runtime)[0])
     assert (job(runtime, job_id).status, job(runtime, job_id).attempts) == ("retrying", 0)
@@ -162,10 +203,12 @@ def test_a_refused_token_never_ends_a_job_and_costs_no_attempt(runtime: Runtime,
     assert job(runtime, job_id).status == "succeeded" and job(runtime, job_id).attempts == 1
 
 
-def test_a_second_delivery_of_the_same_message_does_not_call_again(runtime: Runtime, transport: FakeTransport) -> None:
+def test_a_second_delivery_of_the_same_message_does_not_call_again(
+    runtime: Runtime, transport: FakeTransport
+) -> None:
     """The same (job, token) message twice: one POST, the second run is skipped."""
     enqueue(runtime, "ODR1")
-    (job_id, token), = pending(runtime)
+    ((job_id, token),) = pending(runtime)
     assert run_job(runtime, job_id, token) == "succeeded"
     assert run_job(runtime, job_id, token) == "skipped"
     assert len(transport.requests) == 1
@@ -194,28 +237,32 @@ def test_customers_are_sent_before_bulk(runtime: Runtime, clock: Clock) -> None:
     assert orders == {"ODR9": "live", "ODR0": "bulk"}
 
 
-def test_a_lost_message_is_sent_again_but_a_waiting_job_is_not(runtime: Runtime, clock: Clock) -> None:
+def test_a_lost_message_is_sent_again_but_a_waiting_job_is_not(
+    runtime: Runtime, clock: Clock
+) -> None:
     """Sent but never claimed for longer than the dispatch lease: re-sent with a new token."""
     job_id = enqueue(runtime, "ODR1")
-    (_, old_token), = pending(runtime)
+    ((_, old_token),) = pending(runtime)
     scheduler = Scheduler(runtime, member="test")
     clock.advance(1)
     assert scheduler.round().sent == 0  # sent a second ago: still in flight, not lost
     clock.advance(runtime.settings.dispatch_lease_seconds)
     report = scheduler.round()
     assert (report.sent, report.resent) == (1, 1)
-    (_, new_token), = pending(runtime)
+    ((_, new_token),) = pending(runtime)
     assert new_token != old_token
     assert run_job(runtime, job_id, old_token) == "skipped"
 
 
-def test_a_job_whose_worker_died_mid_call_is_checked_before_posting_again(runtime: Runtime, transport: FakeTransport, clock: Clock) -> None:
+def test_a_job_whose_worker_died_mid_call_is_checked_before_posting_again(
+    runtime: Runtime, transport: FakeTransport, clock: Clock
+) -> None:
     """Claim expired after the POST left: the scheduler takes it back and a status check comes first."""
     from worker import jobs
 
     transport.status_script("ODR1", Reply(200, {"data": {"status": "CANCELLED"}}))
     job_id = enqueue(runtime, "ODR1")
-    (_, token), = pending(runtime)
+    ((_, token),) = pending(runtime)
     with runtime.sessions.begin() as s:
         claimed = jobs.claim_job(s, job_id, token, clock(), lease_seconds=10)
         assert claimed is not None
@@ -229,7 +276,9 @@ def test_a_job_whose_worker_died_mid_call_is_checked_before_posting_again(runtim
     assert transport.calls("ODR1", "cancel") == []
 
 
-def test_a_job_that_keeps_losing_its_worker_fails_with_a_reason(runtime: Runtime, clock: Clock) -> None:
+def test_a_job_that_keeps_losing_its_worker_fails_with_a_reason(
+    runtime: Runtime, clock: Clock
+) -> None:
     """After FPCANCEL_MAX_LOST_CLAIMS expired claims the job fails instead of looping."""
     from worker import jobs
 
@@ -238,7 +287,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_with_a_reason(runtime: Runtime
     for _ in range(runtime.settings.max_lost_claims):
         clock.advance(runtime.settings.dispatch_lease_seconds + 1)
         scheduler.round()
-        (_, token), = pending(runtime)
+        ((_, token),) = pending(runtime)
         with runtime.sessions.begin() as s:
             assert jobs.claim_job(s, job_id, token, clock(), lease_seconds=1) is not None
         clock.advance(2)

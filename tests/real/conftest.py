@@ -22,7 +22,9 @@ from worker.migrate import upgrade
 from worker.sandbox import SandboxServer
 
 REDIS_URL = os.environ.get("FPCANCEL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-PG_ADMIN_URL = os.environ.get("FPCANCEL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "FPCANCEL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 TOKEN = "real-tier-token-7d41c9e0a2"
 FPCANCEL = str(Path(sys.executable).with_name("fpcancel"))
 TERMINAL = {"succeeded", "already_paid", "not_found", "invalid_payload", "dead", "failed"}
@@ -99,7 +101,9 @@ def sandbox() -> Iterator[SandboxServer]:
     server.stop()
 
 
-def base_env(database_url: str, broker_url: str, sandbox: SandboxServer, **extra: str) -> dict[str, str]:
+def base_env(
+    database_url: str, broker_url: str, sandbox: SandboxServer, **extra: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FPCANCEL_", "FRONTPAYMENT_"))}
     env.update(
         FPCANCEL_DATABASE_URL=database_url,
@@ -141,7 +145,9 @@ class Worker:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 30) -> "Worker":
-        wait_until(lambda: "ready:" in self.log() or self.proc.poll() is not None, timeout, "worker start")
+        wait_until(
+            lambda: "ready:" in self.log() or self.proc.poll() is not None, timeout, "worker start"
+        )
         assert self.proc.poll() is None, self.log()
         return self
 
@@ -171,7 +177,9 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         worker.stop(signal.SIGKILL if worker.proc.poll() is None else signal.SIGTERM, timeout=5)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -180,13 +188,20 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def cli(env: dict[str, str], *args: str, input_: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FPCANCEL, *args], env=env, capture_output=True, text=True, input=input_, timeout=timeout)
+def cli(
+    env: dict[str, str], *args: str, input_: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FPCANCEL, *args], env=env, capture_output=True, text=True, input=input_, timeout=timeout
+    )
 
 
 def statuses(sessions: Any) -> dict[str, str]:
     with sessions() as s:
-        return {row.order_uuid: row.status for row in s.execute(select(CancelJob.order_uuid, CancelJob.status))}
+        return {
+            row.order_uuid: row.status
+            for row in s.execute(select(CancelJob.order_uuid, CancelJob.status))
+        }
 
 
 def all_terminal(sessions: Any) -> bool:

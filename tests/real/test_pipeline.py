@@ -36,7 +36,9 @@ def load(sandbox: SandboxServer, orders: dict[str, dict[str, Any]]) -> None:
         sandbox.set_order(order, status=spec.get("status", "SENT"), script=spec.get("script", []))
 
 
-def test_a_mix_of_orders_ends_each_in_its_status(env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+def test_a_mix_of_orders_ends_each_in_its_status(
+    env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any
+) -> None:
     """Paid, unknown, refused note, flaky, always failing, HTML 502, 503+Retry-After: each ends as the SPEC says."""
     load(sandbox, MIX)
     for order in MIX:
@@ -53,7 +55,11 @@ def test_a_mix_of_orders_ends_each_in_its_status(env: dict[str, str], sandbox: S
         assert len(posts[order]) == 1, order
     every_call = sandbox.calls()
     assert every_call and all(call["authorized"] for call in every_call)
-    assert all(call["body"] == {"cancellationNote": "Out of stock"} for call in every_call if call["kind"] == "cancel")
+    assert all(
+        call["body"] == {"cancellationNote": "Out of stock"}
+        for call in every_call
+        if call["kind"] == "cancel"
+    )
 
     flaky = [a for a in attempts_of(sessions, "ODR100000004") if a.kind == "cancel"]
     assert [a.outcome for a in flaky] == ["ambiguous", "ambiguous", "succeeded"]
@@ -64,14 +70,18 @@ def test_a_mix_of_orders_ends_each_in_its_status(env: dict[str, str], sandbox: S
     assert [a.counted for a in dead] == [True] * 4
 
 
-def test_a_duplicate_delivery_calls_the_provider_once(env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+def test_a_duplicate_delivery_calls_the_provider_once(
+    env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any
+) -> None:
     """The same message published three times: one POST, one attempt row."""
     from sqlalchemy import select
 
     from models.tables import CancelJob
 
     env_down = {**env, "FPCANCEL_BROKER_URL": "redis://127.0.0.1:1/0"}
-    assert cli(env_down, "enqueue", "ODR200000001", "--note", "n").returncode == 0  # saved, not sent
+    assert (
+        cli(env_down, "enqueue", "ODR200000001", "--note", "n").returncode == 0
+    )  # saved, not sent
     with sessions.begin() as s:
         job = s.scalars(select(CancelJob)).one()
         job.dispatch_token = "a" * 32
@@ -86,14 +96,21 @@ def test_a_duplicate_delivery_calls_the_provider_once(env: dict[str, str], sandb
     assert len(attempts_of(sessions, "ODR200000001")) == 1
 
 
-def test_a_refused_token_leaves_jobs_waiting_until_it_works_again(env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+def test_a_refused_token_leaves_jobs_waiting_until_it_works_again(
+    env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any
+) -> None:
     """The provider answers 401: no job turns terminal, no attempt is spent; the token works again: all finish."""
     sandbox.set_token("rotated-elsewhere")
     for i in range(5):
         assert cli(env, "enqueue", f"ODR30000000{i}", "--note", "n").returncode == 0
     worker = start_worker(env)
-    wait_until(lambda: len([c for c in sandbox.calls() if not c["authorized"]]) >= 2, 30, "refused calls")
-    assert not any(s in ("already_paid", "not_found", "invalid_payload", "dead", "failed", "succeeded") for s in statuses(sessions).values())
+    wait_until(
+        lambda: len([c for c in sandbox.calls() if not c["authorized"]]) >= 2, 30, "refused calls"
+    )
+    assert not any(
+        s in ("already_paid", "not_found", "invalid_payload", "dead", "failed", "succeeded")
+        for s in statuses(sessions).values()
+    )
     assert "refused the token" in worker.log()
     sandbox.set_token(TOKEN)
     wait_until(lambda: all_terminal(sessions), 60, "every job after the token works")
@@ -103,7 +120,9 @@ def test_a_refused_token_leaves_jobs_waiting_until_it_works_again(env: dict[str,
         assert sum(1 for a in rows if a.counted) == 1
 
 
-def test_an_answer_after_the_client_gave_up_ends_succeeded_with_one_post(env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+def test_an_answer_after_the_client_gave_up_ends_succeeded_with_one_post(
+    env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any
+) -> None:
     """The cancel applies but answers after the 1 s timeout: the status check settles it, no second POST."""
     sandbox.set_order("ODR400000001", script=["late:2.5"])
     assert cli(env, "enqueue", "ODR400000001", "--note", "n").returncode == 0
@@ -111,10 +130,15 @@ def test_an_answer_after_the_client_gave_up_ends_succeeded_with_one_post(env: di
     wait_until(lambda: all_terminal(sessions), 30, "the job to finish")
     assert statuses(sessions) == {"ODR400000001": "succeeded"}
     assert len(sandbox.calls("ODR400000001", kind="cancel")) == 1
-    assert [a.outcome for a in attempts_of(sessions, "ODR400000001")] == ["ambiguous", "order_cancelled"]
+    assert [a.outcome for a in attempts_of(sessions, "ODR400000001")] == [
+        "ambiguous",
+        "order_cancelled",
+    ]
 
 
-def test_bad_input_exits_2_and_writes_nothing_on_postgresql(env: dict[str, str], sessions: Any) -> None:
+def test_bad_input_exits_2_and_writes_nothing_on_postgresql(
+    env: dict[str, str], sessions: Any
+) -> None:
     """Bad ids and notes are refused with exit 2; a second enqueue of an active order returns the first id."""
     for order in ["../../etc/passwd", "ODR1 23", "", "A" * 70, "ODR1%2F.."]:
         assert cli(env, "enqueue", order, "--note", "n").returncode == 2, order
@@ -126,7 +150,9 @@ def test_bad_input_exits_2_and_writes_nothing_on_postgresql(env: dict[str, str],
     assert second["id"] == first["id"] and second["created"] is False
 
 
-def test_jobs_show_lists_every_call(env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+def test_jobs_show_lists_every_call(
+    env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any
+) -> None:
     """`jobs show --json` gives one entry per provider call with number, kind, http_status, outcome, message."""
     sandbox.set_order("ODR600000001", script=["510"])
     job_id = json.loads(cli(env, "enqueue", "ODR600000001", "--note", "n", "--json").stdout)["id"]
