@@ -152,15 +152,27 @@ def mark_in_call(session: Session, job: ClaimedJob, now: datetime) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def release_job(session: Session, job: ClaimedJob, now: datetime, after_seconds: float) -> bool:
-    """Give the job back: it waits `after_seconds`, then goes again. If a cancel POST had left
-    (an error after it), the order's status is checked before the next one."""
+def release_job(
+    session: Session,
+    job: ClaimedJob,
+    now: datetime,
+    after_seconds: float,
+    *,
+    call_left: bool | None = None,
+) -> bool:
+    """Give the job back: it waits `after_seconds`, then goes again. If a cancel POST may have
+    left (`call_left` True, or None for "unknown" with `in_call_since` set), the order's status
+    is checked before the next one."""
+    if call_left is None:
+        maybe_sent: ColumnElement[bool] | bool = CancelJob.in_call_since.is_not(None)
+    else:
+        maybe_sent = call_left
     result = session.execute(
         update(CancelJob)
         .where(*_held(job))
         .values(
             status=job.status_before,
-            needs_status_check=CancelJob.needs_status_check | CancelJob.in_call_since.is_not(None),
+            needs_status_check=CancelJob.needs_status_check | maybe_sent,
             in_call_since=None,
             next_attempt_at=now + timedelta(seconds=after_seconds),
             dispatch_token=None,

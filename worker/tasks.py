@@ -89,14 +89,20 @@ def _slot(runtime: Runtime, job: ClaimedJob) -> float | None:
     )
     if not granted:
         # Not our turn (or we are stopping): the job goes back untouched, no attempt spent.
-        _give_back(runtime, job, after_seconds=runtime.limiter.paused_for())
+        _give_back(runtime, job, after_seconds=runtime.limiter.paused_for(), call_left=False)
         return None
     return waited
 
 
-def _give_back(runtime: Runtime, job: ClaimedJob, *, after_seconds: float) -> None:
+def _give_back(
+    runtime: Runtime, job: ClaimedJob, *, after_seconds: float, call_left: bool | None = None
+) -> None:
     now = runtime.clock()
-    in_transaction(runtime, lambda s: jobs.release_job(s, job, now, after_seconds), patience=30)
+    in_transaction(
+        runtime,
+        lambda s: jobs.release_job(s, job, now, after_seconds, call_left=call_left),
+        patience=30,
+    )
 
 
 def _status_check(runtime: Runtime, job: ClaimedJob) -> str:
@@ -125,12 +131,14 @@ def _status_check(runtime: Runtime, job: ClaimedJob) -> str:
 
 
 def _cancel(runtime: Runtime, job: ClaimedJob) -> str:
+    # Marked before the wait, so the POST leaves the moment its slot is granted: the gap between
+    # the limiter's stamp and the provider's arrival time is what the limiter's margin covers.
+    in_transaction(runtime, lambda s: jobs.mark_in_call(s, job, runtime.clock()), patience=10)
     waited = _slot(runtime, job)
     if waited is None:
         return "released"
     assert runtime.client is not None
     started = runtime.clock()
-    in_transaction(runtime, lambda s: jobs.mark_in_call(s, job, started), patience=10)
     result: Answer | TransportError
     try:
         result = runtime.client.cancel_order(job.order_uuid, job.note)
