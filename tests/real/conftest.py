@@ -14,6 +14,7 @@ import pytest
 from redis import Redis
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from models.db import make_engine, make_session_factory
 from models.tables import CancelAttempt, CancelJob
@@ -74,7 +75,8 @@ def pg_admin() -> str:
 def database_url(pg_admin: str) -> Iterator[str]:
     """A fresh PostgreSQL database per test, migrated with `fpcancel db upgrade`'s code."""
     name = f"fpcancel_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(pg_admin, isolation_level="AUTOCOMMIT")
+    # No pool: a test may restart PostgreSQL, and the teardown must not reuse a dead connection.
+    admin = create_engine(pg_admin, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     url = pg_admin.rsplit("/", 1)[0] + "/" + name
