@@ -24,7 +24,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models.tables import CancelJob, JobStatus
-from worker import jobs
+from worker import jobs, metrics
 from worker.app import Dispatch, publish
 from worker.runtime import Runtime
 
@@ -53,6 +53,7 @@ class Scheduler:
         self.runtime = runtime
         self.member = member or uuid.uuid4().hex[:12]
         self.threads = threads
+        self._counted_at: datetime | None = None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -87,6 +88,9 @@ class Scheduler:
         now = rt.clock()
         with rt.sessions.begin() as session:
             report.reclaimed, report.failed = self.take_back_expired(session, now)
+            if self._count_due(now):
+                self.count_jobs(session)
+        metrics.RECLAIMED.inc(report.reclaimed)
         if rt.limiter.paused_for() > 0:
             return report  # nothing can start now; what is sent would only come back
         with rt.sessions.begin() as session:
@@ -95,6 +99,8 @@ class Scheduler:
         if dispatches:
             try:
                 report.sent = publish(rt.app, dispatches)
+                metrics.SENT.inc(report.sent)
+                metrics.RESENT.inc(report.resent)
             except Exception as exc:
                 report.publish_failed = True
                 log.warning(
@@ -106,7 +112,26 @@ class Scheduler:
                     )
         return report
 
+    def _count_due(self, now: datetime) -> bool:
+        """Count jobs by status for the gauges every 10 s, not every round."""
+        if self._counted_at is not None and (now - self._counted_at).total_seconds() < 10:
+            return False
+        self._counted_at = now
+        return True
+
     # -- the steps, each in the caller's transaction -------------------------------------------
+
+    def count_jobs(self, session: Session) -> None:
+        """The `fpcancel_jobs` gauge: jobs that are not finished (the indexes keep this cheap)."""
+        counts = dict.fromkeys(("queued", "retrying", "running"), 0)
+        rows = session.execute(
+            select(CancelJob.status, func.count())
+            .where(CancelJob.status.in_(tuple(counts)))
+            .group_by(CancelJob.status)
+        ).all()
+        counts.update({status: count for status, count in rows})
+        for status, count in counts.items():
+            metrics.JOBS.labels(status).set(count)
 
     def room(self, session: Session) -> int:
         """How many more jobs may be in flight: about two seconds of the rate budget (enough to

@@ -36,10 +36,15 @@ def run_worker(
     concurrency: int,
     loglevel: str = "INFO",
     log_json: bool = False,
+    metrics_port: int | None = None,
     runtime: Runtime | None = None,
 ) -> None:
     """Serve until SIGTERM (or SIGINT): calls in flight finish, waiting jobs go back."""
     setup_logging(loglevel, as_json=log_json, secrets=[settings.token_value])
+    if metrics_port is not None:
+        from worker import metrics
+
+        metrics.serve(metrics_port)
     runtime = runtime or build_runtime(settings, concurrency=concurrency, with_client=True)
     install(runtime)
     member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

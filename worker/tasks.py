@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from models.tables import AttemptKind
-from worker import jobs
+from worker import jobs, metrics
 from worker.app import TASK_NAME
 from worker.decisions import (
     Block,
@@ -87,6 +87,7 @@ def _slot(runtime: Runtime, job: ClaimedJob) -> float | None:
         max_wait_seconds=runtime.settings.rate_limit_wait_seconds,
         stop=runtime.stop,
     )
+    metrics.RATE_WAIT.labels(job.lane).observe(waited)
     if not granted:
         # Not our turn (or we are stopping): the job goes back untouched, no attempt spent.
         _give_back(runtime, job, after_seconds=runtime.limiter.paused_for(), call_left=False)
@@ -185,6 +186,11 @@ def _record(
         patience=runtime.settings.claim_lease_seconds,
     )
     result = call.result
+    http_status = result.status if isinstance(result, Answer) else None
+    metrics.CALLS.labels(call.kind.value, decision.outcome.value, str(http_status or "none")).inc()
+    metrics.CALL_SECONDS.labels(call.kind.value).observe(result.duration_ms / 1000)
+    if update.final and held:
+        metrics.FINISHED.labels(update.status.value).inc()
     log.info(
         "job=%s order=%s kind=%s attempts=%s outcome=%s http=%s duration_ms=%s rate_wait_ms=%d%s",
         job.id,
@@ -192,7 +198,7 @@ def _record(
         call.kind.value,
         job.attempts + (1 if call.kind is AttemptKind.CANCEL and decision.counts else 0),
         decision.outcome.value,
-        result.status if isinstance(result, Answer) else "-",
+        http_status or "-",
         result.duration_ms,
         call.rate_wait_seconds * 1000,
         "" if held else " (the job was taken back meanwhile; its status will be checked)",
@@ -201,9 +207,11 @@ def _record(
                 "job_id": job.id,
                 "order_uuid": job.order_uuid,
                 "kind": call.kind.value,
+                "attempts": job.attempts + (1 if call.kind is AttemptKind.CANCEL and decision.counts else 0),
                 "outcome": decision.outcome.value,
-                "http_status": result.status if isinstance(result, Answer) else None,
+                "http_status": http_status,
                 "duration_ms": result.duration_ms,
+                "rate_wait_ms": int(call.rate_wait_seconds * 1000),
             }
         },
     )
@@ -220,6 +228,7 @@ def _heed(runtime: Runtime, decision: Decision, result: Answer | TransportError)
                 # shares the token.
                 limiter.pause("rate_limited", limiter.window_full_for())
         return 0.0
+    metrics.PAUSES.labels(decision.block.value).inc()
     if decision.block is Block.RATE_LIMITED:
         seconds = decision.retry_after_seconds
         if seconds is None:
