@@ -5,6 +5,9 @@ Celery's in-memory broker (or the Redis at FPCANCEL_BROKER_URL when one answers)
 a free port, and a worker in this process.
 """
 
+import os
+import shutil
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -168,9 +171,18 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
     console.print(
         f"[green]done in {time.monotonic() - started:.1f} s.[/green] "
         "Look at a flaky order's calls:\n"
-        f"  FPCANCEL_DATABASE_URL={database_url} fpcancel jobs show {flaky_id}"
+        f"  FPCANCEL_DATABASE_URL={database_url} {_command_name()} jobs show {flaky_id}"
     )
     return 0
+
+
+def _command_name() -> str:
+    """`fpcancel` if that is what the shell finds, else the path the user ran (.venv/bin/...)."""
+    invoked = sys.argv[0] if sys.argv and sys.argv[0] else "fpcancel"
+    found = shutil.which("fpcancel")
+    if found and Path(found).resolve() == Path(invoked).resolve():
+        return "fpcancel"
+    return invoked if os.sep in invoked else "fpcancel"
 
 
 def _counts(runtime: Any) -> dict[str, int]:
