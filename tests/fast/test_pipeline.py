@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from models.tables import CancelAttempt, CancelJob
 from tests.fakes import TOKEN, Clock, FakeTransport, Reply, documented, sqlite_runtime
@@ -295,3 +295,23 @@ def test_a_job_that_keeps_losing_its_worker_fails_with_a_reason(
     found = job(runtime, job_id)
     assert found.status == "failed"
     assert "lost" in (found.last_message or "")
+
+
+def test_a_large_waiting_bulk_is_fed_a_little_at_a_time_and_never_resent_wholesale(runtime: Runtime, clock: Clock) -> None:
+    """1,000 bulk jobs waiting their turn: each round sends only what the fleet can start soon,
+    and after the dispatch lease only those unclaimed few are sent again."""
+    from worker.bulk import BulkRow
+
+    Producer(runtime.sessions, runtime.app, runtime.clock).enqueue_bulk([BulkRow(f"ODR{i}", "n", i) for i in range(1000)])
+    runtime.fleet.register("w1", 8, 60)
+    scheduler = Scheduler(runtime, member="test")
+    first = scheduler.round()
+    assert 0 < first.sent <= 6  # 8 threads, a quarter kept free for customers
+    clock.advance(1)
+    assert scheduler.round().sent == 0  # nothing claimed yet: no room, nothing lost
+    clock.advance(runtime.settings.dispatch_lease_seconds)
+    again = scheduler.round()
+    assert (again.sent, again.resent) == (first.sent, first.sent)
+    with runtime.sessions() as s:
+        sent = s.scalar(select(func.count()).select_from(CancelJob).where(CancelJob.dispatch_token.is_not(None)))
+    assert sent == first.sent
