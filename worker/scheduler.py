@@ -94,7 +94,7 @@ class Scheduler:
         if rt.limiter.paused_for() > 0:
             return report  # nothing can start now; what is sent would only come back
         with rt.sessions.begin() as session:
-            room = self.room(session)
+            room = self.room(session, now)
             dispatches, report.resent = self.pick_due(session, now, room)
         if dispatches:
             try:
@@ -133,7 +133,7 @@ class Scheduler:
         for status, count in counts.items():
             metrics.JOBS.labels(status).set(count)
 
-    def room(self, session: Session) -> int:
+    def room(self, session: Session, now: datetime) -> int:
         """How many more jobs may be in flight: about two seconds of the rate budget (enough to
         keep every slot used between rounds), leaving a quarter of the fleet's threads free for
         customers' jobs that skip the scheduler."""
@@ -143,8 +143,17 @@ class Scheduler:
         threads = self.runtime.fleet.threads()
         if threads:
             want = min(want, max(1, threads - math.ceil(threads / 4)))
+        # In flight: held by a worker, or sent recently. A message older than the dispatch lease
+        # is lost and must not hold its place, or lost messages would stop the scheduler.
+        lost_before = now - timedelta(seconds=settings.dispatch_lease_seconds)
         in_flight = session.execute(
-            select(func.count()).select_from(CancelJob).where(CancelJob.dispatch_token.is_not(None))
+            select(func.count())
+            .select_from(CancelJob)
+            .where(
+                CancelJob.dispatch_token.is_not(None),
+                (CancelJob.status == JobStatus.RUNNING.value)
+                | (CancelJob.dispatched_at >= lost_before),
+            )
         ).scalar_one()
         return max(0, want - in_flight)
 
