@@ -135,3 +135,16 @@ def test_a_sigterm_finishes_calls_in_flight_and_hands_back_the_rest(database_url
 def _postgres_back_up() -> Any:
     yield
     wait_until(lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode == 0, 60, "PostgreSQL back")
+
+
+def test_messages_lost_before_any_worker_took_them_are_sent_again(env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+    """Customers' jobs published, then the broker wiped before a worker ran: all still succeed, once each."""
+    orders = [f"ODR95{i:04d}" for i in range(20)]
+    for order in orders:
+        assert cli(env, "enqueue", order, "--note", "n").returncode == 0
+    assert Redis.from_url(env["FPCANCEL_BROKER_URL"]).llen("fpcancel.live") == 20
+    Redis.from_url(env["FPCANCEL_BROKER_URL"]).flushdb()
+    start_worker(env, CONCURRENCY)
+    wait_until(lambda: all_terminal(sessions), 60, "every job terminal")
+    assert set(statuses(sessions).values()) == {"succeeded"}
+    assert Counter(c["order"] for c in sandbox.calls(kind="cancel")) == dict.fromkeys(orders, 1)
