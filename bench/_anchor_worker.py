@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker.ratelimit import LocalLimiter  # noqa: E402
-from worker.runtime import build_runtime  # noqa: E402
-from worker.service import run_worker  # noqa: E402
-from worker.settings import RateLimit, load_settings  # noqa: E402
+from worker.ratelimit import LocalLimiter
+from worker.runtime import build_runtime
+from worker.service import run_worker
+from worker.settings import RateLimit, load_settings
 
 
 def main() -> None:

@@ -23,13 +23,13 @@ from sqlalchemy import insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REDIS_URL, fresh_database, fresh_redis  # noqa: E402
-from models.db import make_engine, make_session_factory, utcnow  # noqa: E402
-from models.tables import CancelJob  # noqa: E402
-from worker.app import make_celery  # noqa: E402
-from worker.bulk import check_csv  # noqa: E402
-from worker.producer import Producer  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+from bench._common import REDIS_URL, fresh_database, fresh_redis
+from models.db import make_engine, make_session_factory, utcnow
+from models.tables import CancelJob
+from worker.app import make_celery
+from worker.bulk import check_csv
+from worker.producer import Producer
+from worker.settings import Settings
 
 
 def write_csv(path: Path, orders: int, start: int) -> None:
@@ -111,7 +111,9 @@ def main() -> None:
 
         engine.dispose()
     redis.flushdb()
-    print(f"orders: {args.orders:,} (naive sample {args.naive_sample:,}); message {message_bytes} B")
+    print(
+        f"orders: {args.orders:,} (naive sample {args.naive_sample:,}); message {message_bytes} B"
+    )
     print(f"bulk enqueue      {bulk_rate:>10,.0f} jobs/s  ({bulk_seconds:.2f} s)")
     print(f"naive enqueue     {naive_rate:>10,.0f} jobs/s  ({naive_seconds:.2f} s)")
     print(f"physical limit    {limit_rate:>10,.0f} jobs/s  ({limit_seconds:.2f} s)")

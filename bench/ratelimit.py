@@ -24,13 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REDIS_URL, fresh_database, fresh_redis  # noqa: E402
-from models.db import make_engine, make_session_factory  # noqa: E402
-from worker.app import make_celery  # noqa: E402
-from worker.bulk import BulkRow  # noqa: E402
-from worker.producer import Producer  # noqa: E402
-from worker.sandbox import SandboxServer  # noqa: E402
-from worker.settings import Settings, parse_rate_limit  # noqa: E402
+from bench._common import REDIS_URL, fresh_database, fresh_redis
+from models.db import make_engine, make_session_factory
+from worker.app import make_celery
+from worker.bulk import BulkRow
+from worker.producer import Producer
+from worker.sandbox import SandboxServer
+from worker.settings import Settings, parse_rate_limit
 
 TOKEN = "bench-token"
 FPCANCEL = str(Path(sys.executable).with_name("fpcancel"))
@@ -58,7 +58,9 @@ class Fleet:
         self.procs = []
         for n, command in enumerate(commands):
             log = open(logdir / f"worker-{n}-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-            self.procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+            self.procs.append(
+                subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
 
     def stop(self) -> None:
         for p in self.procs:
@@ -102,16 +104,22 @@ def utilisation(sandbox: SandboxServer, calls: int, per_seconds: float) -> tuple
     return used, used * calls / per_seconds, refused
 
 
-def run_part1(jobs: int, workers: int, threads: int, logdir: Path, anchor: bool) -> tuple[float, float, int, float]:
+def run_part1(
+    jobs: int, workers: int, threads: int, logdir: Path, anchor: bool
+) -> tuple[float, float, int, float]:
     limit, per = 20, 2.0
     fresh_redis()
     with fresh_database() as url, SandboxServer(token=TOKEN, rate_limit=(limit, per)) as sandbox:
         producer = producer_for(url)
-        producer.enqueue_bulk([BulkRow(f"ODR8{i:06d}", "Out of stock", i) for i in range(jobs)], source="bench")
+        producer.enqueue_bulk(
+            [BulkRow(f"ODR8{i:06d}", "Out of stock", i) for i in range(jobs)], source="bench"
+        )
         env = worker_env(url, sandbox, f"{limit}/{per:g}")
         if anchor:
             celery_rate = f"{limit / per:g}/s"
-            commands = [[sys.executable, str(HERE / "_anchor_worker.py"), str(threads), celery_rate]] * workers
+            commands = [
+                [sys.executable, str(HERE / "_anchor_worker.py"), str(threads), celery_rate]
+            ] * workers
         else:
             commands = [[FPCANCEL, "worker", "--concurrency", str(threads)]] * workers
         started = time.monotonic()
@@ -126,14 +134,26 @@ def run_part1(jobs: int, workers: int, threads: int, logdir: Path, anchor: bool)
     return used, rate, refused, elapsed
 
 
-def run_part2(bulk_jobs: int, customers: int, workers: int, threads: int, logdir: Path) -> list[float]:
+def run_part2(
+    bulk_jobs: int, customers: int, workers: int, threads: int, logdir: Path
+) -> list[float]:
     rate = "10/1"
     limit = parse_rate_limit(rate)
     fresh_redis()
-    with fresh_database() as url, SandboxServer(token=TOKEN, rate_limit=(limit.calls, limit.per_seconds)) as sandbox:
+    with (
+        fresh_database() as url,
+        SandboxServer(token=TOKEN, rate_limit=(limit.calls, limit.per_seconds)) as sandbox,
+    ):
         producer = producer_for(url)
-        producer.enqueue_bulk([BulkRow(f"ODR6{i:06d}", "Out of stock", i) for i in range(bulk_jobs)], source="stockout")
-        fleet = Fleet([[FPCANCEL, "worker", "--concurrency", str(threads)]] * workers, worker_env(url, sandbox, rate), logdir)
+        producer.enqueue_bulk(
+            [BulkRow(f"ODR6{i:06d}", "Out of stock", i) for i in range(bulk_jobs)],
+            source="stockout",
+        )
+        fleet = Fleet(
+            [[FPCANCEL, "worker", "--concurrency", str(threads)]] * workers,
+            worker_env(url, sandbox, rate),
+            logdir,
+        )
         enqueued: dict[str, float] = {}
         try:
             wait_for_posts(sandbox, 50, timeout=60)  # the bulk is under way at the limit
@@ -143,7 +163,9 @@ def run_part2(bulk_jobs: int, customers: int, workers: int, threads: int, logdir
                 enqueued[order] = time.time()
                 time.sleep(1.5)
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not all(sandbox.calls(o, kind="cancel") for o in enqueued):
+            while time.monotonic() < deadline and not all(
+                sandbox.calls(o, kind="cancel") for o in enqueued
+            ):
                 time.sleep(0.2)
         finally:
             fleet.stop()
@@ -168,14 +190,26 @@ def main() -> None:
         ours = run_part1(args.jobs, args.workers, args.threads, logdir, anchor=False)
         anchor = run_part1(args.jobs, args.workers, args.threads, logdir, anchor=True)
         latencies = run_part2(args.bulk_jobs, args.customers, args.workers, args.threads, logdir)
-    print(f"part 1: {args.jobs} jobs, {args.workers} workers x {args.threads} threads, sandbox allows 20 calls / 2 s")
-    print(f"  fpcancel limiter (20/2 shared)      utilisation {ours[0]:.3f}  achieved {ours[1]:.2f} calls/s  429s {ours[2]}  ({ours[3]:.1f} s)")
-    print(f"  anchor: Celery rate_limit 10/s each  utilisation {anchor[0]:.3f}  achieved {anchor[1]:.2f} calls/s  429s {anchor[2]}  ({anchor[3]:.1f} s)")
-    print(f"  ours / anchor                       {ours[0] / anchor[0]:.2f}x   (goal: ours >= 0.95 with 0 429s)")
-    print(f"part 2: {args.customers} customer cancels during a {args.bulk_jobs}-job bulk at 10 calls/s")
+    print(
+        f"part 1: {args.jobs} jobs, {args.workers} workers x {args.threads} threads, sandbox allows 20 calls / 2 s"
+    )
+    print(
+        f"  fpcancel limiter (20/2 shared)      utilisation {ours[0]:.3f}  achieved {ours[1]:.2f} calls/s  429s {ours[2]}  ({ours[3]:.1f} s)"
+    )
+    print(
+        f"  anchor: Celery rate_limit 10/s each  utilisation {anchor[0]:.3f}  achieved {anchor[1]:.2f} calls/s  429s {anchor[2]}  ({anchor[3]:.1f} s)"
+    )
+    print(
+        f"  ours / anchor                       {ours[0] / anchor[0]:.2f}x   (goal: ours >= 0.95 with 0 429s)"
+    )
+    print(
+        f"part 2: {args.customers} customer cancels during a {args.bulk_jobs}-job bulk at 10 calls/s"
+    )
     print("  enqueue -> POST (s): " + ", ".join(f"{x:.2f}" for x in latencies))
     p90 = statistics.quantiles(latencies, n=10, method="inclusive")[-1]
-    print(f"  p50 {statistics.median(latencies):.2f} s   p90 {p90:.2f} s   max {max(latencies):.2f} s   (goal: p90 <= 3 s)")
+    print(
+        f"  p50 {statistics.median(latencies):.2f} s   p90 {p90:.2f} s   max {max(latencies):.2f} s   (goal: p90 <= 3 s)"
+    )
 
 
 if __name__ == "__main__":

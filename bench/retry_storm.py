@@ -22,8 +22,8 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REDIS_URL, fresh_database, fresh_redis  # noqa: E402
-from models.db import make_engine  # noqa: E402
+from bench._common import REDIS_URL, fresh_database, fresh_redis
+from models.db import make_engine
 
 FPCANCEL = str(Path(sys.executable).with_name("fpcancel"))
 
@@ -79,7 +79,12 @@ def run_worker(database_url: str, seconds: float, logdir: Path) -> tuple[int, in
         FPCANCEL_MAX_ATTEMPTS="1000",
     )
     with open(logdir / f"worker-{time.monotonic_ns()}.log", "wb") as log:
-        proc = subprocess.Popen([FPCANCEL, "worker", "--concurrency", "8", "--loglevel", "WARNING"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [FPCANCEL, "worker", "--concurrency", "8", "--loglevel", "WARNING"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         peak_queue = 0
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and proc.poll() is None:
@@ -87,7 +92,9 @@ def run_worker(database_url: str, seconds: float, logdir: Path) -> tuple[int, in
             peak_queue = max(peak_queue, queued)
             time.sleep(0.5)
         status = Path(f"/proc/{proc.pid}/status").read_text()
-        peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+        peak_kb = int(
+            next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
+        )
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     return peak_kb, calls_made(database_url), peak_queue
@@ -105,9 +112,13 @@ def main() -> None:
             fill(url, args.jobs)
             storm = run_worker(url, args.seconds, Path(tmp))
     fresh_redis()
-    print(f"retry storm: {args.jobs:,} jobs all retrying, provider down, one worker x 8 threads, {args.seconds:.0f} s")
+    print(
+        f"retry storm: {args.jobs:,} jobs all retrying, provider down, one worker x 8 threads, {args.seconds:.0f} s"
+    )
     print(f"  idle worker (empty table)  peak RSS {idle[0] / 1024:7.1f} MB")
-    print(f"  storm worker               peak RSS {storm[0] / 1024:7.1f} MB   calls {storm[1]:,}   longest broker queue {storm[2]}")
+    print(
+        f"  storm worker               peak RSS {storm[0] / 1024:7.1f} MB   calls {storm[1]:,}   longest broker queue {storm[2]}"
+    )
     print(f"  storm / idle               {storm[0] / idle[0]:.2f}x   (goal: storm peak < 200 MB)")
 
 

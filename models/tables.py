@@ -115,6 +115,8 @@ class CancelJob(Base):
         ),
         Index("ix_cancel_jobs_order_uuid", "order_uuid", "id"),
         Index("ix_cancel_jobs_status_id", "status", "id"),
+        # `stats` counts jobs per status and source from this index alone (migration 0002).
+        Index("ix_cancel_jobs_status_source", "status", "source"),
         Index("ix_cancel_jobs_source_id", "source", "id"),
         Index("ix_cancel_jobs_created_at", "created_at"),
         # The scheduler's "what is due, customers first" query.

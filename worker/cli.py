@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -19,6 +19,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from worker import __version__
 from worker.errors import BadInput, FpcancelError, ServiceError
 from worker.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from worker.ops import RetryResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("fpcancel")
@@ -254,20 +257,32 @@ def enqueue_bulk_command(
     show_default=True,
     help="json: one JSON object per line.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (/metrics).",
+)
 @handle_errors
-def worker(concurrency: int, loglevel: str, log_format: str) -> None:
+def worker(concurrency: int, loglevel: str, log_format: str, metrics_port: int | None) -> None:
     """Run a worker until SIGTERM: the Celery worker (threads) plus the scheduler.
 
     Refuses to start without FRONTPAYMENT_TOKEN, or with a plain-http base URL that is not
     loopback. On SIGTERM it stops taking jobs, lets calls in flight finish and records them;
-    jobs waiting for a rate-limit slot go back to the table untouched.
+    jobs waiting for a rate-limit slot go back to the table untouched. Celery task events are
+    on, so Flower works out of the box. One log line per provider call (job, order, attempts,
+    outcome, HTTP status, duration); the token is redacted from every line.
     """
     from worker.service import run_worker
 
     current = settings()
     current.check_provider()
     run_worker(
-        current, concurrency=concurrency, loglevel=loglevel.upper(), log_json=log_format == "json"
+        current,
+        concurrency=concurrency,
+        loglevel=loglevel.upper(),
+        log_json=log_format == "json",
+        metrics_port=metrics_port,
     )
 
 
@@ -323,8 +338,13 @@ def parse_time(value: str | None, name: str) -> datetime | None:
 )
 @click.option("--until", default=None, help="Created before this ISO 8601 time.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--offset", type=click.IntRange(0), default=0, show_default=True, help="Skip this many first."
+)
 @json_option
+@click.option(
+    "--csv", "as_csv", is_flag=True, help="Print CSV on stdout (a header of the JSON keys)."
+)
 @handle_errors
 def jobs_list(
     statuses: tuple[str, ...],
@@ -335,12 +355,19 @@ def jobs_list(
     limit: int,
     offset: int,
     as_json: bool,
+    as_csv: bool,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first (by id); 50 by default, --offset pages on.
+
+    --json prints a list of job objects (the cancel_jobs column names as keys), --csv the same
+    fields as CSV with a header; on a terminal the table is coloured by status.
+    """
     from models.db import make_engine, make_session_factory
     from worker.queries import list_jobs
     from worker.validation import clean_order_uuid, clean_source
 
+    if as_json and as_csv:
+        raise fail("--json and --csv: choose one", 2)
     if order_uuid is not None:
         clean_order_uuid(order_uuid, "--order")
     clean_source(source, "--source")
@@ -360,6 +387,11 @@ def jobs_list(
     engine.dispose()
     if as_json:
         emit_json(rows)
+        return
+    if as_csv:
+        from worker.render import jobs_csv
+
+        click.echo(jobs_csv(rows), nl=False)
         return
     from worker.render import jobs_table
 
@@ -387,6 +419,99 @@ def jobs_show(job_id: int, as_json: bool) -> None:
     job_detail(data)
 
 
+@jobs.command("retry")
+@click.argument("job_ids", nargs=-1, type=int)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["dead", "failed"]),
+    help="Every job in this status instead of JOB_IDs (repeatable).",
+)
+@click.option("--source", default=None, help="With --status: only jobs with this source.")
+@click.option(
+    "--since",
+    default=None,
+    help="With --status: only jobs created at or after this ISO 8601 time (as `jobs list`).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="List the jobs that would go round again; change nothing."
+)
+@json_option
+@handle_errors
+def jobs_retry(
+    job_ids: tuple[int, ...],
+    statuses: tuple[str, ...],
+    source: str | None,
+    since: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Send finished-but-failed jobs (dead, failed) round again: JOB_IDs, or every job --status.
+
+    Each keeps its calls and its attempts and gets FPCANCEL_MAX_ATTEMPTS more cancel POSTs; it
+    turns queued and the workers' scheduler sends it. JOB_IDs are all or nothing: an unknown id
+    or a job that is not dead or failed exits 2 and changes nothing. A job whose order has
+    meanwhile got another queued, running, retrying or succeeded job is skipped, with the reason.
+
+    --json prints {"retried": n, "skipped": [{"id", "reason"}], "ids": [...], "dry_run": bool}.
+    """
+    from models.db import make_engine, make_session_factory, utcnow
+    from worker import ops
+    from worker.validation import clean_source
+
+    if job_ids and statuses:
+        raise click.UsageError("give JOB_IDs or --status, not both")
+    if not job_ids and not statuses:
+        raise click.UsageError("give the JOB_IDs to retry, or --status dead|failed")
+    if job_ids and (source is not None or since is not None):
+        raise click.UsageError("--source and --since narrow --status; JOB_IDs need neither")
+    clean_source(source, "--source")
+    since_at = parse_time(since, "--since")
+    engine = make_engine(settings().database_url)
+    sessions = make_session_factory(engine)
+    try:
+        if job_ids:
+            result = ops.retry_jobs(sessions, job_ids, utcnow, dry_run=dry_run)
+        else:
+            from worker.progress import progress_bar
+
+            selection = ops.RetrySelection(tuple(dict.fromkeys(statuses)), source, since_at)
+            with sessions() as session:
+                total = ops.count_matching(session, selection)
+            label = "checking" if dry_run else "sending round again"
+            with progress_bar(label, total) as advance:
+                result = ops.retry_matching(
+                    sessions, selection, utcnow, dry_run=dry_run, progress=advance
+                )
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json(result.as_json())
+    if dry_run and not as_json:
+        from worker.render import retry_candidates_table
+
+        retry_candidates_table(result)
+    say(retry_summary(result))
+
+
+def retry_summary(result: "RetryResult", shown: int = 5) -> str:
+    """One line: how many went (or would go) round again, and why the others did not."""
+    n = len(result.ids)
+    head = (
+        f"would send {n} job{'s' if n != 1 else ''} round again"
+        if result.dry_run
+        else f"sent {n} job{'s' if n != 1 else ''} round again"
+    )
+    if not result.skipped:
+        return head
+    reasons = "; ".join(f"job {s.id}: {s.reason}" for s in result.skipped[:shown])
+    more = len(result.skipped) - shown
+    if more > 0:
+        reasons += f"; and {more} more (--json lists them)"
+    return f"{head} ({len(result.skipped)} skipped: {reasons})"
+
+
 @main.command()
 @click.option(
     "--since",
@@ -401,7 +526,8 @@ def stats(since: str | None, as_json: bool) -> None:
     --json prints one object: since, jobs_total, jobs {status: n}, jobs_by_source {source: n},
     calls {total, cancel, status_check, cancel_per_job}, success_rate (succeeded / terminal
     jobs, null when none finished), latency_ms {p50, p95, p99} of provider calls,
-    rate_limit {provider_429s, calls_that_waited, wait_seconds}, oldest_queued_age_seconds.
+    rate_limit {provider_429s, calls_that_waited, wait_seconds}, oldest_queued_age_seconds (how
+    long the longest-waiting queued job has been due; null when none is queued).
     """
     from models.db import make_engine, make_session_factory, utcnow
     from worker.stats import collect_stats

@@ -1,12 +1,12 @@
 """Prometheus metrics of a worker, served by `fpcancel worker --metrics-port P`.
 
-    fpcancel_provider_calls_total{kind, outcome, http_status}   calls to Front Payment
-    fpcancel_provider_call_seconds{kind}                          call latency (histogram)
-    fpcancel_jobs_finished_total{status}                          jobs that reached a terminal status
-    fpcancel_rate_limit_wait_seconds{lane}                        time a call waited for its slot
-    fpcancel_rate_limit_pauses_total{reason}                      fleet pauses (429, refused token, wrong URL)
-    fpcancel_jobs{status}                                         queued / retrying / running jobs (scheduler)
-    fpcancel_scheduler_sent_total / _resent_total / _reclaimed_total
+fpcancel_provider_calls_total{kind, outcome, http_status}  calls to Front Payment
+fpcancel_provider_call_seconds{kind}       call latency (histogram)
+fpcancel_jobs_finished_total{status}       jobs that reached a terminal status
+fpcancel_rate_limit_wait_seconds{lane}     time a call waited for its slot
+fpcancel_rate_limit_pauses_total{reason}   fleet pauses (429, refused token, wrong URL)
+fpcancel_jobs{status}                      queued / retrying / running (scheduler's count)
+fpcancel_scheduler_sent_total, _resent_total, _reclaimed_total
 """
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server

@@ -1,10 +1,19 @@
 """Human output for ops: rich tables, colours on a terminal, plain text in a pipe."""
 
+import csv
+import io
+import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from worker.queries import JOB_FIELDS, iso
+
+if TYPE_CHECKING:
+    from worker.ops import RetryResult
 
 STATUS_STYLE = {
     "queued": "cyan",
@@ -17,61 +26,165 @@ STATUS_STYLE = {
     "dead": "bold red",
     "failed": "red",
 }
+FLEXIBLE_MIN_WIDTH = 12
+OUTCOME_STYLE = {
+    "succeeded": "green",
+    "order_cancelled": "green",
+    "ambiguous": "yellow",
+    "retryable": "yellow",
+    "rate_limited": "yellow",
+    "failed": "red",
+    "unauthorized": "red",
+    "misrouted": "red",
+}
 
 
-def _console() -> Console:
-    # In a pipe there is no terminal width to honour: keep rows on one line for grep and less.
-    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 240)
+def _console(stderr: bool = False) -> Console:
+    # In a pipe there is no terminal width to honour: a wide page keeps rows whole for grep.
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, soft_wrap=False, width=None if stream.isatty() else 240)
 
 
 def _status(status: str) -> str:
+    """Markup for a status in its colour (for text fpcancel writes itself)."""
     style = STATUS_STYLE.get(status, "")
     return f"[{style}]{status}[/{style}]" if style else status
 
 
-def _when(value: Any) -> str:
-    return "" if value is None else str(value).replace("T", " ")[:19]
+def _cell(value: Any, style: str = "") -> Text:
+    """A one-line cell: data is never read as markup, and what does not fit ends in an ellipsis."""
+    plain = "" if value is None else " ".join(str(value).split())
+    return Text(plain, style=style, no_wrap=True, overflow="ellipsis")
+
+
+def _status_cell(status: str) -> Text:
+    return _cell(status, STATUS_STYLE.get(status, ""))
+
+
+def _when(value: Any, digits: int = 19) -> str:
+    """`2026-11-27T08:00:00.123456Z` as `2026-11-27 08:00:00` (or with milliseconds: 23)."""
+    return "" if value is None else str(value).rstrip("Z").replace("T", " ")[:digits]
+
+
+def _one_line_table(
+    console: Console,
+    names: tuple[str, ...],
+    rows: list[list[Text]],
+    flexible: tuple[str, ...],
+    drop_first: tuple[str, ...] = (),
+    title: str = "",
+) -> Table:
+    """Every row stays one line. Fixed columns keep their full width; the `flexible` ones (free
+    text) share what is left of the terminal, cut with an ellipsis but no narrower than 12. On a
+    terminal too narrow for that, whole columns go, in `drop_first` order (a caption says so)."""
+    widest = {
+        name: max([len(name), *(row[i].cell_len for row in rows)]) for i, name in enumerate(names)
+    }
+
+    def needed(shown: list[str]) -> int:
+        chrome = 3 * len(shown) - 1  # a space either side of each cell, a rule between columns
+        return chrome + sum(
+            min(widest[n], FLEXIBLE_MIN_WIDTH) if n in flexible else widest[n] for n in shown
+        )
+
+    shown = list(names)
+    for name in drop_first:
+        if needed(shown) <= console.width:
+            break
+        shown.remove(name)
+    hidden = len(names) - len(shown)
+    table = Table(
+        show_edge=False,
+        header_style="bold",
+        title=title or None,
+        caption=f"{hidden} column{'s' * (hidden > 1)} hidden: widen the terminal or use --json"
+        if hidden
+        else None,
+    )
+    fixed = sum(widest[n] for n in shown if n not in flexible)
+    share = (console.width - fixed - (3 * len(shown) - 1)) // max(
+        1, sum(n in flexible for n in shown)
+    )
+    for name in shown:
+        width = widest[name]
+        if name in flexible:
+            width = min(width, max(FLEXIBLE_MIN_WIDTH, share))
+        table.add_column(name, no_wrap=True, overflow="ellipsis", width=width)
+    for row in rows:
+        table.add_row(*(cell for name, cell in zip(names, row, strict=True) if name in shown))
+    return table
 
 
 def jobs_table(rows: list[dict[str, Any]]) -> None:
-    table = Table(show_edge=False, header_style="bold")
-    for column in (
+    cells = [
+        [
+            _cell(row["id"]),
+            _cell(row["order_uuid"]),
+            _status_cell(row["status"]),
+            _cell(row["lane"]),
+            _cell(row["source"]),
+            _cell(row["attempts"]),
+            _cell(row["last_http_status"]),
+            _cell((row["last_message"] or "")[:80]),
+            _cell(_when(row["next_attempt_at"])),
+            _cell(_when(row["created_at"])),
+        ]
+        for row in rows
+    ]
+    names = (
         "id",
         "order_uuid",
         "status",
         "lane",
         "source",
         "attempts",
-        "last_http_status",
+        "http",
         "last_message",
         "next_attempt_at",
         "created_at",
-    ):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(
-            str(row["id"]),
-            row["order_uuid"],
-            _status(row["status"]),
-            row["lane"],
-            row["source"] or "",
-            str(row["attempts"]),
-            "" if row["last_http_status"] is None else str(row["last_http_status"]),
-            (row["last_message"] or "")[:40],
-            _when(row["next_attempt_at"]),
-            _when(row["created_at"]),
-        )
+    )
     console = _console()
+    table = _one_line_table(
+        console,
+        names,
+        cells,
+        flexible=("source", "last_message"),
+        drop_first=("next_attempt_at", "lane", "http", "source", "created_at", "last_message"),
+    )
     console.print(table)
     if not rows:
         console.print("no jobs match", style="dim")
 
 
+def jobs_csv(rows: list[dict[str, Any]]) -> str:
+    """`jobs list --csv`: the JSON keys as the header, one job a line; JSON values (a 417's
+    errors) as JSON text, empty for null."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(JOB_FIELDS)
+    for row in rows:
+        writer.writerow(
+            [
+                ""
+                if row[name] is None
+                else json.dumps(row[name], ensure_ascii=False)
+                if isinstance(row[name], dict | list)
+                else row[name]
+                for name in JOB_FIELDS
+            ]
+        )
+    return out.getvalue()
+
+
 def job_detail(data: dict[str, Any]) -> None:
+    """`jobs show`: the job, then every call it made, one line each, oldest first."""
     console = _console()
-    console.print(
-        f"[bold]job {data['id']}[/bold]  order {data['order_uuid']}  {_status(data['status'])}"
+    head = Text.assemble(
+        (f"job {data['id']}", "bold"),
+        f"  order {data['order_uuid']}  ",
+        (data["status"], STATUS_STYLE.get(data["status"], "")),
     )
+    console.print(head)
     for key in (
         "lane",
         "source",
@@ -87,22 +200,67 @@ def job_detail(data: dict[str, Any]) -> None:
     ):
         value = data.get(key)
         if value is not None and value != "":
-            console.print(f"  {key}: {value}", highlight=False)
-    table = Table(title="calls", show_edge=False, header_style="bold")
-    for column in ("#", "kind", "started_at", "ms", "http", "outcome", "message", "body"):
-        table.add_column(column, overflow="fold")
-    for call in data["calls"]:
-        table.add_row(
-            str(call["number"]),
-            call["kind"],
-            _when(call["started_at"]),
-            str(call["duration_ms"]),
-            "" if call["http_status"] is None else str(call["http_status"]),
-            call["outcome"],
-            (call["message"] or "")[:40],
-            (call["response_body"] or "")[:60].replace("\n", " "),
-        )
+            shown = (
+                json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+            )
+            console.print(Text(f"  {key}: {shown}"), highlight=False)
+    calls = data["calls"]
+    cells = [
+        [
+            _cell(call["number"]),
+            _cell(call["kind"]),
+            _cell(_when(call["started_at"], 23)),
+            _cell(call["duration_ms"]),
+            _cell(call["http_status"]),
+            _cell(call["outcome"], OUTCOME_STYLE.get(call["outcome"], "")),
+            _cell("yes" if call.get("counted") else ""),
+            _cell((call["message"] or "")[:120]),
+            _cell((call["response_body"] or "")[:200]),
+        ]
+        for call in calls
+    ]
+    names = ("#", "kind", "started_at", "ms", "http", "outcome", "counted", "message", "body")
+    table = _one_line_table(
+        console,
+        names,
+        cells,
+        flexible=("message", "body"),
+        drop_first=("counted", "body", "kind", "http", "message"),
+        title=f"calls ({len(calls)})",
+    )
     console.print(table)
+    if not calls:
+        console.print("no calls yet", style="dim")
+
+
+def retry_candidates_table(result: "RetryResult") -> None:
+    """`jobs retry --dry-run`: the jobs that would go round again (the first 100), on stderr."""
+    console = _console(stderr=True)
+    cells = [
+        [
+            _cell(job.id),
+            _cell(job.order_uuid),
+            _status_cell(job.status),
+            _cell(job.source),
+            _cell(job.attempts),
+            _cell((job.last_message or "")[:80]),
+            _cell(_when(iso(job.finished_at))),
+        ]
+        for job in result.shown
+    ]
+    names = ("id", "order_uuid", "status", "source", "attempts", "last_message", "finished_at")
+    table = _one_line_table(
+        console,
+        names,
+        cells,
+        flexible=("source", "last_message"),
+        drop_first=("finished_at", "source", "last_message"),
+        title="would go round again",
+    )
+    console.print(table)
+    more = len(result.ids) - len(result.shown)
+    if more > 0:
+        console.print(f"... and {more} more (--json lists every id)", style="dim")
 
 
 def stats_table(stats: dict[str, Any], console: Console | None = None) -> None:

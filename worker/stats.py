@@ -1,9 +1,21 @@
 """`fpcancel stats`: what the job and attempt tables say about the last while.
 
-Each figure is one aggregate query that the tables' indexes serve; latency percentiles are
-computed by PostgreSQL (`percentile_cont`) or, on SQLite, by seeking into the sorted durations.
+Two scans answer nearly everything, so the cost stays flat as the tables grow to millions:
+
+- jobs: one `GROUP BY status, source` gives the counts per status and per source;
+- calls: one `GROUP BY kind, duration_ms` gives the calls per kind, the rate-limit figures and a
+  histogram of durations, from which the latency percentiles are computed exactly as
+  PostgreSQL's `percentile_cont` would (linear interpolation), without sorting millions of rows.
+  Durations are whole milliseconds and few distinct values, so the histogram stays small. On
+  PostgreSQL, `ix_cancel_attempts_started_at` carries the columns this scan reads (INCLUDE),
+  so it is an index-only scan, with or without `--since`.
+
+The oldest queued job's age is read from the `ix_cancel_jobs_due` index.
 """
 
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,93 +28,109 @@ from worker.queries import iso
 PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 
 
-def _percentiles(session: Session, since: datetime | None) -> dict[str, float | None]:
-    where = [CancelAttempt.started_at >= since] if since is not None else []
-    if session.get_bind().dialect.name == "postgresql":
-        columns = [
-            func.percentile_cont(q).within_group(CancelAttempt.duration_ms).label(name)
-            for name, q in PERCENTILES.items()
-        ]
-        row = session.execute(select(*columns).where(*where)).one()
-        return {
-            name: None if row[i] is None else round(float(row[i]), 1)
-            for i, name in enumerate(PERCENTILES)
-        }
-    count = session.execute(
-        select(func.count()).select_from(CancelAttempt).where(*where)
-    ).scalar_one()
-    result: dict[str, float | None] = {}
-    for name, q in PERCENTILES.items():
-        if not count:
-            result[name] = None
-            continue
-        offset = min(count - 1, int(q * (count - 1) + 0.5))
-        value = session.execute(
-            select(CancelAttempt.duration_ms)
-            .where(*where)
-            .order_by(CancelAttempt.duration_ms)
-            .offset(offset)
-            .limit(1)
-        ).scalar_one()
-        result[name] = float(value)
+def percentiles(histogram: Mapping[int, int], quantiles: Mapping[str, float]) -> dict[str, Any]:
+    """`percentile_cont` of each quantile over the values a {value: count} histogram holds:
+    the value at position q * (n - 1) of the sorted values, interpolated between neighbours."""
+    total = sum(histogram.values())
+    if not total:
+        return {name: None for name in quantiles}
+    ordered = sorted((value, count) for value, count in histogram.items() if count > 0)
+
+    def at(index: int) -> int:
+        """The index-th (0-based) value in sorted order."""
+        seen = 0
+        for value, count in ordered:
+            seen += count
+            if index < seen:
+                return value
+        return ordered[-1][0]
+
+    result: dict[str, Any] = {}
+    for name, q in quantiles.items():
+        position = q * (total - 1)
+        low, high = math.floor(position), math.ceil(position)
+        below, above = at(low), at(high)
+        result[name] = round(below + (position - low) * (above - below), 1)
     return result
+
+
+def _job_counts(session: Session, since: datetime | None) -> tuple[dict[str, int], dict[str, int]]:
+    """Jobs per status (every status, zeros included) and per source ("" for none)."""
+    by_status = {s.value: 0 for s in JobStatus}
+    by_source: dict[str, int] = {}
+    stmt = select(CancelJob.status, CancelJob.source, func.count()).group_by(
+        CancelJob.status, CancelJob.source
+    )
+    if since is not None:
+        stmt = stmt.where(CancelJob.created_at >= since)
+    for status, source, count in session.execute(stmt):
+        by_status[status] = by_status.get(status, 0) + count
+        by_source[source or ""] = by_source.get(source or "", 0) + count
+    return by_status, dict(sorted(by_source.items()))
+
+
+def _call_rows(session: Session, since: datetime | None) -> Iterable[Any]:
+    """Per (kind, duration_ms): calls, 429s, calls that waited for a slot, milliseconds waited."""
+    stmt = select(
+        CancelAttempt.kind,
+        CancelAttempt.duration_ms,
+        func.count(),
+        func.count().filter(CancelAttempt.outcome == "rate_limited"),
+        func.count().filter(CancelAttempt.rate_wait_ms > 0),
+        func.coalesce(func.sum(CancelAttempt.rate_wait_ms), 0),
+    ).group_by(CancelAttempt.kind, CancelAttempt.duration_ms)
+    if since is not None:
+        stmt = stmt.where(CancelAttempt.started_at >= since)
+    return session.execute(stmt)
+
+
+def _oldest_queued(session: Session) -> datetime | None:
+    """When the longest-waiting queued job became due (a job sent round again by `jobs retry`
+    waits from then, not from its creation)."""
+    return session.execute(
+        select(func.min(CancelJob.next_attempt_at)).where(
+            CancelJob.status == JobStatus.QUEUED.value
+        )
+    ).scalar_one()
 
 
 def collect_stats(
     session: Session, since: datetime | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
     """Every figure `stats --json` prints (keys documented in `fpcancel stats --help`)."""
-    by_status = {s.value: 0 for s in JobStatus}
-    jobs_where = [CancelJob.created_at >= since] if since is not None else []
-    status_counts = (
-        select(CancelJob.status, func.count()).where(*jobs_where).group_by(CancelJob.status)
-    )
-    for row in session.execute(status_counts):
-        by_status[row[0]] = row[1]
-    source_counts = (
-        select(CancelJob.source, func.count()).where(*jobs_where).group_by(CancelJob.source)
-    )
-    by_source = {(row[0] or ""): row[1] for row in session.execute(source_counts)}
+    by_status, by_source = _job_counts(session, since)
+    calls: Counter[str] = Counter()
+    durations: Counter[int] = Counter()
+    provider_429s = waited = wait_ms = 0
+    for kind, duration_ms, count, limited, slow, waited_ms in _call_rows(session, since):
+        calls[kind] += count
+        durations[int(duration_ms)] += count
+        provider_429s += limited
+        waited += slow
+        wait_ms += int(waited_ms)
+    oldest = _oldest_queued(session)
     total = sum(by_status.values())
     terminal = sum(by_status[s.value] for s in TERMINAL_STATUSES)
-    attempts_where = [CancelAttempt.started_at >= since] if since is not None else []
-    calls = dict(
-        session.execute(
-            select(CancelAttempt.kind, func.count())
-            .where(*attempts_where)
-            .group_by(CancelAttempt.kind)
-        ).all()
-    )
-    waits = session.execute(
-        select(
-            func.count().filter(CancelAttempt.outcome == "rate_limited"),
-            func.count().filter(CancelAttempt.rate_wait_ms > 0),
-            func.coalesce(func.sum(CancelAttempt.rate_wait_ms), 0),
-        ).where(*attempts_where)
-    ).one()
-    oldest = session.execute(
-        select(func.min(CancelJob.created_at)).where(CancelJob.status == JobStatus.QUEUED.value)
-    ).scalar_one()
-    cancel_calls = int(calls.get("cancel", 0))
+    cancel_calls = calls["cancel"]
     return {
         "since": iso(since),
         "jobs_total": total,
         "jobs": by_status,
         "jobs_by_source": by_source,
         "calls": {
-            "total": cancel_calls + int(calls.get("status_check", 0)),
+            "total": cancel_calls + calls["status_check"],
             "cancel": cancel_calls,
-            "status_check": int(calls.get("status_check", 0)),
+            "status_check": calls["status_check"],
             "cancel_per_job": round(cancel_calls / total, 2) if total else None,
         },
         "success_rate": round(by_status["succeeded"] / terminal, 4) if terminal else None,
-        "latency_ms": _percentiles(session, since),
+        "latency_ms": percentiles(durations, PERCENTILES),
         "rate_limit": {
-            "provider_429s": int(waits[0]),
-            "calls_that_waited": int(waits[1]),
-            "wait_seconds": round(int(waits[2]) / 1000, 1),
+            "provider_429s": provider_429s,
+            "calls_that_waited": waited,
+            "wait_seconds": round(wait_ms / 1000, 1),
         },
         "oldest_queued_age_seconds": None
         if oldest is None or now is None
-        else round((now - oldest).total_seconds(), 1),
+        else max(0.0, round((now - oldest).total_seconds(), 1)),
     }

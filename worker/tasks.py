@@ -191,12 +191,13 @@ def _record(
     metrics.CALL_SECONDS.labels(call.kind.value).observe(result.duration_ms / 1000)
     if update.final and held:
         metrics.FINISHED.labels(update.status.value).inc()
+    attempts = job.attempts + (1 if call.kind is AttemptKind.CANCEL and decision.counts else 0)
     log.info(
         "job=%s order=%s kind=%s attempts=%s outcome=%s http=%s duration_ms=%s rate_wait_ms=%d%s",
         job.id,
         job.order_uuid,
         call.kind.value,
-        job.attempts + (1 if call.kind is AttemptKind.CANCEL and decision.counts else 0),
+        attempts,
         decision.outcome.value,
         http_status or "-",
         result.duration_ms,
@@ -207,7 +208,7 @@ def _record(
                 "job_id": job.id,
                 "order_uuid": job.order_uuid,
                 "kind": call.kind.value,
-                "attempts": job.attempts + (1 if call.kind is AttemptKind.CANCEL and decision.counts else 0),
+                "attempts": attempts,
                 "outcome": decision.outcome.value,
                 "http_status": http_status,
                 "duration_ms": result.duration_ms,

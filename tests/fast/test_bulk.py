@@ -25,7 +25,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def jobs(env: dict[str, str]) -> list[tuple[str, str, str, str | None]]:
     engine = create_engine(env["FPCANCEL_DATABASE_URL"])
     with engine.connect() as c:
-        rows = c.execute(text("SELECT order_uuid, note, lane, source FROM cancel_jobs ORDER BY id")).all()
+        rows = c.execute(
+            text("SELECT order_uuid, note, lane, source FROM cancel_jobs ORDER BY id")
+        ).all()
     engine.dispose()
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
@@ -34,7 +36,9 @@ def run(env: dict[str, str], *args: str, input_: str | None = None) -> object:
     return CliRunner().invoke(main, ["enqueue-bulk", *args], env=env, input=input_)
 
 
-def test_one_bad_line_among_ten_thousand_writes_nothing_and_names_it(env: dict[str, str], tmp_path: Path) -> None:
+def test_one_bad_line_among_ten_thousand_writes_nothing_and_names_it(
+    env: dict[str, str], tmp_path: Path
+) -> None:
     """Line 5,002 has a bad id: exit 2, the line named, no job written."""
     path = tmp_path / "orders.csv"
     lines = ["order_uuid,note"] + [f"ODR{i},Out of stock" for i in range(10_000)]
@@ -53,7 +57,12 @@ def test_every_bad_line_is_listed_with_its_reason(env: dict[str, str]) -> None:
     assert result.exit_code == 2  # type: ignore[attr-defined]
     out = result.output  # type: ignore[attr-defined]
     assert "4 bad lines" in out
-    for expected in ("line 3: order_uuid", "line 4: note", "line 5: expected 2 fields", "line 7: malformed CSV"):
+    for expected in (
+        "line 3: order_uuid",
+        "line 4: note",
+        "line 5: expected 2 fields",
+        "line 7: malformed CSV",
+    ):
         assert expected in out, expected
     assert jobs(env) == []
 
@@ -70,17 +79,31 @@ def test_more_than_fifty_bad_lines_are_listed_then_counted(env: dict[str, str]) 
 def test_header_any_order_default_note_dedup_and_counts(env: dict[str, str]) -> None:
     """note before order_uuid, blank lines skipped, --note fills empty notes, repeats count once."""
     csv_text = "note , ORDER_UUID\n  , ODR1 \n\nOwn note,ODR2\nx,ODR1\n"
-    result = run(env, "-", "--note", "Stock out", "--source", "stockout-42", "--json", input_=csv_text)
+    result = run(
+        env, "-", "--note", "Stock out", "--source", "stockout-42", "--json", input_=csv_text
+    )
     assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
-    assert json.loads(result.stdout) == {"created": 2, "already_active": 0, "invalid": 0, "duplicates": 1}  # type: ignore[attr-defined]
-    assert jobs(env) == [("ODR1", "Stock out", "bulk", "stockout-42"), ("ODR2", "Own note", "bulk", "stockout-42")]
+    assert json.loads(result.stdout) == {
+        "created": 2,
+        "already_active": 0,
+        "invalid": 0,
+        "duplicates": 1,
+    }  # type: ignore[attr-defined]
+    assert jobs(env) == [
+        ("ODR1", "Stock out", "bulk", "stockout-42"),
+        ("ODR2", "Own note", "bulk", "stockout-42"),
+    ]
     again = run(env, "-", "--note", "Stock out", "--json", input_=csv_text)
     assert json.loads(again.stdout)["already_active"] == 2  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
     ("header", "reason"),
-    [("order_uuid,price", "unknown column 'price'"), ("note", "must name order_uuid"), ("", "must name order_uuid")],
+    [
+        ("order_uuid,price", "unknown column 'price'"),
+        ("note", "must name order_uuid"),
+        ("", "must name order_uuid"),
+    ],
 )
 def test_a_bad_header_is_refused(env: dict[str, str], header: str, reason: str) -> None:
     """Only order_uuid and note are columns; order_uuid is required."""

@@ -297,12 +297,16 @@ def test_a_job_that_keeps_losing_its_worker_fails_with_a_reason(
     assert "lost" in (found.last_message or "")
 
 
-def test_a_large_waiting_bulk_is_fed_a_little_at_a_time_and_never_resent_wholesale(runtime: Runtime, clock: Clock) -> None:
+def test_a_large_waiting_bulk_is_fed_a_little_at_a_time_and_never_resent_wholesale(
+    runtime: Runtime, clock: Clock
+) -> None:
     """1,000 bulk jobs waiting their turn: each round sends only what the fleet can start soon,
     and after the dispatch lease only those unclaimed few are sent again."""
     from worker.bulk import BulkRow
 
-    Producer(runtime.sessions, runtime.app, runtime.clock).enqueue_bulk([BulkRow(f"ODR{i}", "n", i) for i in range(1000)])
+    Producer(runtime.sessions, runtime.app, runtime.clock).enqueue_bulk(
+        [BulkRow(f"ODR{i}", "n", i) for i in range(1000)]
+    )
     runtime.fleet.register("w1", 8, 60)
     scheduler = Scheduler(runtime, member="test")
     first = scheduler.round()
@@ -313,5 +317,7 @@ def test_a_large_waiting_bulk_is_fed_a_little_at_a_time_and_never_resent_wholesa
     again = scheduler.round()
     assert (again.sent, again.resent) == (first.sent, first.sent)
     with runtime.sessions() as s:
-        sent = s.scalar(select(func.count()).select_from(CancelJob).where(CancelJob.dispatch_token.is_not(None)))
+        sent = s.scalar(
+            select(func.count()).select_from(CancelJob).where(CancelJob.dispatch_token.is_not(None))
+        )
     assert sent == first.sent

@@ -15,7 +15,9 @@ from worker.sandbox import SandboxServer
 from worker.settings import Settings
 
 
-def test_concurrent_bulk_runs_and_single_enqueues_make_one_job_per_order(database_url: str, broker_url: str) -> None:
+def test_concurrent_bulk_runs_and_single_enqueues_make_one_job_per_order(
+    database_url: str, broker_url: str
+) -> None:
     """Two bulk runs over overlapping orders and single enqueues of the same orders, all at once:
     exactly one job per order, and the counts add up."""
     settings = Settings(database_url=database_url, broker_url=broker_url)
@@ -45,16 +47,23 @@ def test_concurrent_bulk_runs_and_single_enqueues_make_one_job_per_order(databas
     for t in threads:
         t.join(120)
     with producer.sessions() as s:
-        per_order = s.execute(select(CancelJob.order_uuid, func.count()).group_by(CancelJob.order_uuid)).all()
+        per_order = s.execute(
+            select(CancelJob.order_uuid, func.count()).group_by(CancelJob.order_uuid)
+        ).all()
     engine.dispose()
     assert len(per_order) == 9000
     assert all(count == 1 for _, count in per_order)
     created = results["a"].created + results["b"].created + sum(results["singles"])
     assert created == 9000
-    assert results["a"].already_active + results["b"].already_active + results["singles"].count(False) == 6000 + 6000 + 200 - 9000
+    assert (
+        results["a"].already_active + results["b"].already_active + results["singles"].count(False)
+        == 6000 + 6000 + 200 - 9000
+    )
 
 
-def test_workers_drain_a_bulk_run_to_terminal_statuses(env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+def test_workers_drain_a_bulk_run_to_terminal_statuses(
+    env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any
+) -> None:
     """300 orders through `enqueue-bulk`, some paid or unknown or flaky: two workers finish every one."""
     orders = [f"ODR7{i:05d}" for i in range(300)]
     for order in orders[:10]:
@@ -63,7 +72,15 @@ def test_workers_drain_a_bulk_run_to_terminal_statuses(env: dict[str, str], sand
         sandbox.set_order(order, status="MISSING")
     for order in orders[20:30]:
         sandbox.set_order(order, script=["510"])
-    done = cli(env, "enqueue-bulk", "-", "--note", "Out of stock", "--json", input_="order_uuid\n" + "\n".join(orders) + "\n")
+    done = cli(
+        env,
+        "enqueue-bulk",
+        "-",
+        "--note",
+        "Out of stock",
+        "--json",
+        input_="order_uuid\n" + "\n".join(orders) + "\n",
+    )
     assert done.returncode == 0, done.stderr
     assert '"created": 300' in done.stdout
     start_worker(env)

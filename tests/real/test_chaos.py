@@ -51,7 +51,14 @@ def chaos_env(database_url: str, broker_url: str, sandbox: SandboxServer) -> dic
 
 def start_run(env: dict[str, str], sandbox: SandboxServer) -> tuple[list[str], dict[str, str]]:
     orders, expected = scenario(sandbox)
-    done = cli(env, "enqueue-bulk", "-", "--note", "Out of stock", input_="order_uuid\n" + "\n".join(orders) + "\n")
+    done = cli(
+        env,
+        "enqueue-bulk",
+        "-",
+        "--note",
+        "Out of stock",
+        input_="order_uuid\n" + "\n".join(orders) + "\n",
+    )
     assert done.returncode == 0, done.stderr
     return orders, expected
 
@@ -61,7 +68,9 @@ def done_count(sessions: Any) -> int:
     return sum(1 for s in statuses(sessions).values() if s in terminal)
 
 
-def check_outcome(sessions: Any, sandbox: SandboxServer, expected: dict[str, str], in_flight_allowance: int) -> None:
+def check_outcome(
+    sessions: Any, sandbox: SandboxServer, expected: dict[str, str], in_flight_allowance: int
+) -> None:
     wait_until(lambda: all_terminal(sessions), 120, "every job terminal")
     assert statuses(sessions) == expected
     posts = Counter(c["order"] for c in sandbox.calls(kind="cancel"))
@@ -69,13 +78,21 @@ def check_outcome(sessions: Any, sandbox: SandboxServer, expected: dict[str, str
     twice = [o for o, s in expected.items() if s == "succeeded" and o not in FLAKY and posts[o] > 1]
     assert len(twice) <= in_flight_allowance, twice
     with sessions() as s:
-        per_order = s.execute(select(CancelJob.order_uuid, func.count()).group_by(CancelJob.order_uuid)).all()
-        unfinished_rows = s.scalar(select(func.count()).select_from(CancelAttempt).where(CancelAttempt.finished_at.is_(None)))
+        per_order = s.execute(
+            select(CancelJob.order_uuid, func.count()).group_by(CancelJob.order_uuid)
+        ).all()
+        unfinished_rows = s.scalar(
+            select(func.count())
+            .select_from(CancelAttempt)
+            .where(CancelAttempt.finished_at.is_(None))
+        )
     assert all(count == 1 for _, count in per_order)
     assert unfinished_rows == 0
 
 
-def test_a_worker_killed_mid_run_loses_no_job(database_url: str, broker_url: str, sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+def test_a_worker_killed_mid_run_loses_no_job(
+    database_url: str, broker_url: str, sandbox: SandboxServer, sessions: Any, start_worker: Any
+) -> None:
     """SIGKILL the worker at ~40 % done, start another: every job ends right."""
     env = chaos_env(database_url, broker_url, sandbox)
     _, expected = start_run(env, sandbox)
@@ -87,7 +104,9 @@ def test_a_worker_killed_mid_run_loses_no_job(database_url: str, broker_url: str
     check_outcome(sessions, sandbox, expected, in_flight_allowance=CONCURRENCY)
 
 
-def test_a_wiped_broker_mid_run_loses_no_job(database_url: str, broker_url: str, sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+def test_a_wiped_broker_mid_run_loses_no_job(
+    database_url: str, broker_url: str, sandbox: SandboxServer, sessions: Any, start_worker: Any
+) -> None:
     """FLUSHDB on the broker's Redis at ~40 %: the scheduler sends the lost jobs again."""
     env = chaos_env(database_url, broker_url, sandbox)
     _, expected = start_run(env, sandbox)
@@ -98,13 +117,23 @@ def test_a_wiped_broker_mid_run_loses_no_job(database_url: str, broker_url: str,
 
 
 def _pg_restart_command() -> list[str] | None:
-    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir() or os.geteuid() != 0:
+    if (
+        shutil.which("pg_ctlcluster") is None
+        or not Path("/etc/postgresql").is_dir()
+        or os.geteuid() != 0
+    ):
         return None
     versions = sorted(os.listdir("/etc/postgresql"))
-    return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "restart"] if versions else None
+    return (
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "restart"]
+        if versions
+        else None
+    )
 
 
-def test_a_postgresql_restart_mid_run_loses_no_answer(database_url: str, broker_url: str, sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+def test_a_postgresql_restart_mid_run_loses_no_answer(
+    database_url: str, broker_url: str, sandbox: SandboxServer, sessions: Any, start_worker: Any
+) -> None:
     """PostgreSQL restarts at ~40 %: workers reconnect, answers received meanwhile are written."""
     command = _pg_restart_command()
     need(command is not None, "restarting PostgreSQL needs root and pg_ctlcluster on this machine")
@@ -119,7 +148,9 @@ def test_a_postgresql_restart_mid_run_loses_no_answer(database_url: str, broker_
     assert worker.proc.poll() is None, "the worker died with the database"
 
 
-def test_a_sigterm_finishes_calls_in_flight_and_hands_back_the_rest(database_url: str, broker_url: str, sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+def test_a_sigterm_finishes_calls_in_flight_and_hands_back_the_rest(
+    database_url: str, broker_url: str, sandbox: SandboxServer, sessions: Any, start_worker: Any
+) -> None:
     """SIGTERM at ~40 %: the worker exits 0 with no job left running; another worker finishes the rest."""
     env = chaos_env(database_url, broker_url, sandbox)
     _, expected = start_run(env, sandbox)
@@ -134,10 +165,16 @@ def test_a_sigterm_finishes_calls_in_flight_and_hands_back_the_rest(database_url
 @pytest.fixture(autouse=True)
 def _postgres_back_up() -> Any:
     yield
-    wait_until(lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode == 0, 60, "PostgreSQL back")
+    wait_until(
+        lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode == 0,
+        60,
+        "PostgreSQL back",
+    )
 
 
-def test_messages_lost_before_any_worker_took_them_are_sent_again(env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any) -> None:
+def test_messages_lost_before_any_worker_took_them_are_sent_again(
+    env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any
+) -> None:
     """Customers' jobs published, then the broker wiped before a worker ran: all still succeed, once each."""
     orders = [f"ODR95{i:04d}" for i in range(20)]
     for order in orders:

@@ -16,7 +16,9 @@ def test_the_demo_runs_end_to_end_without_any_service(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FPCANCEL_", "FRONTPAYMENT_"))}
     env["FPCANCEL_BROKER_URL"] = f"redis://127.0.0.1:{closed}/0"
     env["COLUMNS"] = "120"
-    done = subprocess.run([FPCANCEL, "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90)
+    done = subprocess.run(
+        [FPCANCEL, "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
+    )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
     assert "in-memory broker" in out

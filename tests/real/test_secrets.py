@@ -11,7 +11,9 @@ from tests.real.conftest import FPCANCEL, TOKEN, all_terminal, cli, wait_until
 from worker.sandbox import SandboxServer
 
 
-def test_the_token_appears_nowhere_after_a_full_run(env: dict[str, str], sandbox: SandboxServer, sessions: Any, tmp_path: Any, start_worker: Any) -> None:
+def test_the_token_appears_nowhere_after_a_full_run(
+    env: dict[str, str], sandbox: SandboxServer, sessions: Any, tmp_path: Any, start_worker: Any
+) -> None:
     """Worker logs (text and JSON, DEBUG), every command's output, a pg_dump and Redis: no token."""
     sandbox.set_order("ODR990000001", status="PAID")
     sandbox.set_order("ODR990000002", script=["401", "510", "502-html"])
@@ -54,6 +56,9 @@ def test_the_token_appears_nowhere_after_a_full_run(env: dict[str, str], sandbox
         assert "ODR990000002" in dump.stdout  # the dump did read the tables
     redis = Redis.from_url(env["FPCANCEL_BROKER_URL"])
     haystacks["redis"] = " ".join(repr(redis.dump(key)) for key in redis.scan_iter())
-    assert '"level": "debug"' in haystacks["json worker log"] or '"level": "info"' in haystacks["json worker log"]
+    assert (
+        '"level": "debug"' in haystacks["json worker log"]
+        or '"level": "info"' in haystacks["json worker log"]
+    )
     leaked = [name for name, text in haystacks.items() if TOKEN in text]
     assert leaked == []
