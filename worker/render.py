@@ -185,19 +185,9 @@ def job_detail(data: dict[str, Any]) -> None:
         (data["status"], STATUS_STYLE.get(data["status"], "")),
     )
     console.print(head)
-    for key in (
-        "lane",
-        "source",
-        "note",
-        "attempts",
-        "next_attempt_at",
-        "last_http_status",
-        "last_message",
-        "last_errors",
-        "created_at",
-        "updated_at",
-        "finished_at",
-    ):
+    for key in JOB_FIELDS:
+        if key in ("id", "order_uuid", "status"):
+            continue  # on the heading line
         value = data.get(key)
         if value is not None and value != "":
             shown = (

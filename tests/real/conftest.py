@@ -198,6 +198,21 @@ def cli(
     )
 
 
+def enqueue_orders(env: dict[str, str], orders: list[str], note: str = "Out of stock") -> str:
+    """`fpcancel enqueue-bulk -` with these orders; returns its stdout."""
+    done = cli(
+        env,
+        "enqueue-bulk",
+        "-",
+        "--note",
+        note,
+        "--json",
+        input_="order_uuid\n" + "\n".join(orders) + "\n",
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def statuses(sessions: Any) -> dict[str, str]:
     with sessions() as s:
         return {

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from models.db import make_engine, make_session_factory
 from models.tables import CancelJob
-from tests.real.conftest import all_terminal, cli, statuses, wait_until
+from tests.real.conftest import all_terminal, enqueue_orders, statuses, wait_until
 from worker.app import make_celery
 from worker.bulk import BulkRow
 from worker.producer import Producer
@@ -72,17 +72,7 @@ def test_workers_drain_a_bulk_run_to_terminal_statuses(
         sandbox.set_order(order, status="MISSING")
     for order in orders[20:30]:
         sandbox.set_order(order, script=["510"])
-    done = cli(
-        env,
-        "enqueue-bulk",
-        "-",
-        "--note",
-        "Out of stock",
-        "--json",
-        input_="order_uuid\n" + "\n".join(orders) + "\n",
-    )
-    assert done.returncode == 0, done.stderr
-    assert '"created": 300' in done.stdout
+    assert '"created": 300' in enqueue_orders(env, orders)
     start_worker(env)
     start_worker(env)
     wait_until(lambda: all_terminal(sessions), 120, "every bulk job terminal")

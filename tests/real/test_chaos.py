@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from models.tables import CancelAttempt, CancelJob
 from tests.conftest import need
-from tests.real.conftest import all_terminal, base_env, cli, statuses, wait_until
+from tests.real.conftest import all_terminal, base_env, cli, enqueue_orders, statuses, wait_until
 from worker.sandbox import SandboxServer
 
 JOBS = 200
@@ -51,15 +51,7 @@ def chaos_env(database_url: str, broker_url: str, sandbox: SandboxServer) -> dic
 
 def start_run(env: dict[str, str], sandbox: SandboxServer) -> tuple[list[str], dict[str, str]]:
     orders, expected = scenario(sandbox)
-    done = cli(
-        env,
-        "enqueue-bulk",
-        "-",
-        "--note",
-        "Out of stock",
-        input_="order_uuid\n" + "\n".join(orders) + "\n",
-    )
-    assert done.returncode == 0, done.stderr
+    enqueue_orders(env, orders)
     return orders, expected
 
 

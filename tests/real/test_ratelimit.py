@@ -8,6 +8,7 @@ from tests.real.conftest import (
     attempts_of,
     base_env,
     cli,
+    enqueue_orders,
     statuses,
     wait_until,
 )
@@ -16,25 +17,13 @@ from worker.sandbox import SandboxServer
 TERMINAL_NOT_SUCCEEDED = {"already_paid", "not_found", "invalid_payload", "dead", "failed"}
 
 
-def enqueue_bulk(env: dict[str, str], orders: list[str]) -> None:
-    done = cli(
-        env,
-        "enqueue-bulk",
-        "-",
-        "--note",
-        "Out of stock",
-        input_="order_uuid\n" + "\n".join(orders) + "\n",
-    )
-    assert done.returncode == 0, done.stderr
-
-
 def test_two_workers_share_one_budget_and_never_draw_a_429(
     database_url: str, broker_url: str, sessions: Any, start_worker: Any
 ) -> None:
     """Two workers at FPCANCEL_RATE_LIMIT=10/1 against a sandbox that allows 10/1: no 429, every job done."""
     with SandboxServer(token=TOKEN, rate_limit=(10, 1.0)) as sandbox:
         env = base_env(database_url, broker_url, sandbox, FPCANCEL_RATE_LIMIT="10/1")
-        enqueue_bulk(env, [f"ODR81{i:04d}" for i in range(60)])
+        enqueue_orders(env, [f"ODR81{i:04d}" for i in range(60)])
         start_worker(env)
         start_worker(env)
         wait_until(lambda: all_terminal(sessions), 60, "every job terminal")
@@ -66,7 +55,7 @@ def test_a_token_refused_mid_run_ends_no_job_and_all_finish_once_it_works(
     with SandboxServer(token=TOKEN, rate_limit=None) as sandbox:
         env = base_env(database_url, broker_url, sandbox, FPCANCEL_RATE_LIMIT="5/1")
         orders = [f"ODR83{i:04d}" for i in range(40)]
-        enqueue_bulk(env, orders)
+        enqueue_orders(env, orders)
         worker = start_worker(env)
         wait_until(
             lambda: list(statuses(sessions).values()).count("succeeded") >= 8, 30, "a few jobs done"
