@@ -140,8 +140,6 @@ def enqueue(order_uuid: str, note: str, source: str | None, lane: str, as_json: 
     made and that job's id is printed (with --json, "created": false).
     """
     from worker.producer import Producer
-
-    producer = Producer.from_settings(settings())
     from worker.validation import clean_lane, clean_note, clean_order_uuid, clean_source
 
     # Check everything before the database is even opened.
@@ -149,7 +147,7 @@ def enqueue(order_uuid: str, note: str, source: str | None, lane: str, as_json: 
     clean_note(note)
     clean_source(source)
     clean_lane(lane)
-    job = producer.enqueue(order_uuid, note, source, lane)
+    job = Producer.from_settings(settings()).enqueue(order_uuid, note, source, lane)
     if job.created and lane == "live" and not job.published:
         say(
             f"warning: broker unreachable; job {job.id} is saved and a worker's scheduler "

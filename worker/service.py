@@ -8,6 +8,7 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
 
+from worker.errors import ServiceError
 from worker.logs import setup_logging
 from worker.runtime import Runtime, build_runtime, install
 from worker.scheduler import Scheduler
@@ -30,6 +31,30 @@ def worker_argv(concurrency: int, loglevel: str, name: str) -> list[str]:
     ]
 
 
+def preflight(runtime: Runtime) -> None:
+    """Refuse to start (exit 1) when the database or broker is unreachable or the schema is old."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker.migrate import current_revision, head_revision
+
+    try:
+        revision = current_revision(runtime.engine)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise ServiceError(f"database unreachable: {reason}") from None
+    if revision != head_revision():
+        raise ServiceError(
+            f"database schema is at {revision or 'nothing'}, not {head_revision()}: "
+            "run `fpcancel db upgrade` first"
+        )
+    with runtime.app.connection_for_write() as connection:
+        where = connection.as_uri()  # the password masked
+        try:
+            connection.ensure_connection(max_retries=1, timeout=3)
+        except Exception as exc:
+            raise ServiceError(f"broker unreachable at {where}: {exc}") from None
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -46,6 +71,7 @@ def run_worker(
 
         metrics.serve(metrics_port)
     runtime = runtime or build_runtime(settings, concurrency=concurrency, with_client=True)
+    preflight(runtime)
     install(runtime)
     member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     # A restart with a fixed token should call at once, not sit out an old pause.
