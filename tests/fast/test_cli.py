@@ -131,7 +131,10 @@ def test_every_command_answers_help() -> None:
 
 def test_worker_refuses_an_unmigrated_database_with_exit_1(tmp_path: Path) -> None:
     """A database without the newest schema: exit 1, telling to run `db upgrade`."""
-    env = {"FRONTPAYMENT_TOKEN": "t0ken-for-tests", "FPCANCEL_DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"}
+    env = {
+        "FRONTPAYMENT_TOKEN": "t0ken-for-tests",
+        "FPCANCEL_DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}",
+    }
     result = CliRunner().invoke(main, ["worker"], env=env)
     assert result.exit_code == 1
     assert "fpcancel db upgrade" in result.output
@@ -139,6 +142,8 @@ def test_worker_refuses_an_unmigrated_database_with_exit_1(tmp_path: Path) -> No
 
 def test_worker_refuses_an_unreachable_broker_with_exit_1(env: dict[str, str]) -> None:
     """A migrated database but no broker at the URL: exit 1, naming the broker."""
-    result = CliRunner().invoke(main, ["worker"], env={**env, "FRONTPAYMENT_TOKEN": "t0ken-for-tests"})
+    result = CliRunner().invoke(
+        main, ["worker"], env={**env, "FRONTPAYMENT_TOKEN": "t0ken-for-tests"}
+    )
     assert result.exit_code == 1
     assert "broker unreachable at redis://" in result.output
