@@ -59,7 +59,10 @@ TERMINAL_STATUSES = frozenset(
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.SUCCEEDED)
 RETRYABLE_BY_OPS = (JobStatus.DEAD, JobStatus.FAILED)
 
-_active_sql = "status IN ('queued', 'running', 'retrying', 'succeeded')"
+# The same rule as SQL, for the partial unique index and for INSERT ... ON CONFLICT to name it.
+ACTIVE_SQL = "status IN ('queued', 'running', 'retrying', 'succeeded')"
+# Customers' lane first: the order the scheduler and the broker serve them in.
+LANES = ("live", "bulk")
 _waiting_sql = "status IN ('queued', 'retrying')"
 _in_flight_sql = "dispatch_token IS NOT NULL"
 _status_list = ", ".join(f"'{s.value}'" for s in JobStatus)
@@ -104,14 +107,14 @@ class CancelJob(Base):
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_status_list})", name="ck_cancel_jobs_status"),
-        CheckConstraint("lane IN ('live', 'bulk')", name="ck_cancel_jobs_lane"),
+        CheckConstraint("lane IN ('live', 'bulk')", name="ck_cancel_jobs_lane"),  # LANES
         # The database, not the code, keeps an order to one active-or-succeeded job.
         Index(
             "uq_cancel_jobs_active_order",
             "order_uuid",
             unique=True,
-            postgresql_where=text(_active_sql),
-            sqlite_where=text(_active_sql),
+            postgresql_where=text(ACTIVE_SQL),
+            sqlite_where=text(ACTIVE_SQL),
         ),
         Index("ix_cancel_jobs_order_uuid", "order_uuid", "id"),
         Index("ix_cancel_jobs_status_id", "status", "id"),

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
+from models.tables import LANES
 from worker.settings import Settings
 
 TASK_NAME = "fpcancel.cancel"
-LANES = ("live", "bulk")
 
 
 def queue_names(prefix: str = "fpcancel") -> dict[str, str]:

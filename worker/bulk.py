@@ -22,7 +22,7 @@ from typing import IO, NamedTuple
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.tables import CancelJob, JobStatus
+from models.tables import ACTIVE_SQL, CancelJob, JobStatus
 from worker.errors import BadInput, ValidationError
 from worker.jobs import insert_if_no_active
 from worker.validation import clean_note, clean_order_uuid
@@ -213,13 +213,13 @@ def check_csv(source: IO[bytes], default_note: str | None, seekable: bool = True
 # PostgreSQL takes a batch as two arrays: one short statement instead of thousands of
 # placeholders, which psycopg would otherwise spend most of the time rewriting.
 _PG_BATCH_INSERT = text(
-    """
+    f"""
     INSERT INTO cancel_jobs (order_uuid, note, source, lane, status, attempts, next_attempt_at,
                              created_at, updated_at, round_start_attempts, needs_status_check,
                              lost_claims)
     SELECT o, n, :source, :lane, 'queued', 0, :now, :now, :now, 0, false, 0
     FROM unnest(CAST(:orders AS text[]), CAST(:notes AS text[])) AS batch(o, n)
-    ON CONFLICT (order_uuid) WHERE status IN ('queued', 'running', 'retrying', 'succeeded')
+    ON CONFLICT (order_uuid) WHERE {ACTIVE_SQL}
     DO NOTHING
     RETURNING id
     """

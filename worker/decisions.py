@@ -9,7 +9,6 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
@@ -219,7 +218,3 @@ def errors_json(errors: Any) -> str | None:
     if errors is None:
         return None
     return json.dumps(errors, ensure_ascii=False, default=str)[:4000]
-
-
-def epoch(moment: datetime) -> float:
-    return moment.timestamp()

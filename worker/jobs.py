@@ -11,12 +11,18 @@ from sqlalchemy import ColumnElement, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models.tables import ACTIVE_STATUSES, AttemptKind, CancelAttempt, CancelJob, JobStatus
+from models.tables import (
+    ACTIVE_SQL,
+    ACTIVE_STATUSES,
+    AttemptKind,
+    CancelAttempt,
+    CancelJob,
+    JobStatus,
+)
 from worker.decisions import Decision, errors_json
 from worker.provider import Answer, TransportError
 from worker.transitions import ClaimedJob, JobUpdate
 
-ACTIVE_SQL = "status IN ('queued', 'running', 'retrying', 'succeeded')"
 WAITING = (JobStatus.QUEUED, JobStatus.RETRYING)
 
 

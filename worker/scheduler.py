@@ -23,13 +23,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.tables import CancelJob, JobStatus
+from models.tables import LANES, CancelJob, JobStatus
 from worker import jobs, metrics
 from worker.app import Dispatch, publish
 from worker.runtime import Runtime
 
 log = logging.getLogger("fpcancel.scheduler")
-LANES_IN_ORDER = ("live", "bulk")
 
 
 @dataclass
@@ -88,7 +87,7 @@ class Scheduler:
         now = rt.clock()
         with rt.sessions.begin() as session:
             report.reclaimed, report.failed = self.take_back_expired(session, now)
-            if self._count_due(now):
+            if self._gauges_due(now):
                 self.count_jobs(session)
         metrics.RECLAIMED.inc(report.reclaimed)
         if rt.limiter.paused_for() > 0:
@@ -112,7 +111,7 @@ class Scheduler:
                     )
         return report
 
-    def _count_due(self, now: datetime) -> bool:
+    def _gauges_due(self, now: datetime) -> bool:
         """Count jobs by status for the gauges every 10 s, not every round."""
         if self._counted_at is not None and (now - self._counted_at).total_seconds() < 10:
             return False
@@ -164,7 +163,7 @@ class Scheduler:
         lost_before = now - timedelta(seconds=settings.dispatch_lease_seconds)
         picked: list[Dispatch] = []
         resent = 0
-        for lane in LANES_IN_ORDER:
+        for lane in LANES:  # customers first
             if len(picked) >= room:
                 break
             stmt = (

@@ -6,9 +6,9 @@ Two scans answer nearly everything, so the cost stays flat as the tables grow to
 - calls: one `GROUP BY kind, duration_ms` gives the calls per kind, the rate-limit figures and a
   histogram of durations, from which the latency percentiles are computed exactly as
   PostgreSQL's `percentile_cont` would (linear interpolation), without sorting millions of rows.
-  Durations are whole milliseconds and few distinct values, so the histogram stays small. On
-  PostgreSQL, `ix_cancel_attempts_started_at` carries the columns this scan reads (INCLUDE),
-  so it is an index-only scan, with or without `--since`.
+  Durations are whole milliseconds and few distinct values, so the histogram stays small.
+  Without `--since` it is one sequential scan of the attempts (about 0.4 s for 3,000,000 rows
+  here); with it, `ix_cancel_attempts_started_at` narrows the rows.
 
 The oldest queued job's age is read from the `ix_cancel_jobs_due` index.
 """

@@ -107,52 +107,52 @@ def _give_back(
 
 
 def _status_check(runtime: Runtime, job: ClaimedJob) -> str:
-    waited = _slot(runtime, job)
-    if waited is None:
-        return "released"
     assert runtime.client is not None
-    started = runtime.clock()
-    result: Answer | TransportError
-    try:
-        result = runtime.client.order_status(job.order_uuid)
-    except TransportError as exc:
-        result = exc
-    finished = runtime.clock()
-    decision = classify_status_check(result, finished.timestamp())
-    pause = _heed(runtime, decision, result)
-    update = after_status_check(job, decision, runtime.policy, finished, pause)
-    _record(
-        runtime,
-        job,
-        Call(AttemptKind.STATUS_CHECK, started, finished, waited, result),
-        decision,
-        update,
+    client = runtime.client
+    call = _call(
+        runtime, job, AttemptKind.STATUS_CHECK, lambda: client.order_status(job.order_uuid)
     )
+    if call is None:
+        return "released"
+    decision = classify_status_check(call.result, call.finished.timestamp())
+    pause = _heed(runtime, decision, call.result)
+    update = after_status_check(job, decision, runtime.policy, call.finished, pause)
+    _record(runtime, job, call, decision, update)
     return "proceed" if update.proceed else update.status.value
 
 
 def _cancel(runtime: Runtime, job: ClaimedJob) -> str:
+    assert runtime.client is not None
+    client = runtime.client
     # Marked before the wait, so the POST leaves the moment its slot is granted: the gap between
     # the limiter's stamp and the provider's arrival time is what the limiter's margin covers.
     in_transaction(runtime, lambda s: jobs.mark_in_call(s, job, runtime.clock()), patience=10)
+    call = _call(
+        runtime, job, AttemptKind.CANCEL, lambda: client.cancel_order(job.order_uuid, job.note)
+    )
+    if call is None:
+        return "released"
+    decision = classify_cancel(call.result, call.finished.timestamp())
+    pause = _heed(runtime, decision, call.result)
+    update = after_cancel(job, decision, runtime.policy, call.finished, pause, runtime.rng)
+    _record(runtime, job, call, decision, update)
+    return update.status.value
+
+
+def _call(
+    runtime: Runtime, job: ClaimedJob, kind: AttemptKind, send: Callable[[], Answer]
+) -> "Call | None":
+    """Wait for a rate-limit slot, then make the call; None when the job went back instead."""
     waited = _slot(runtime, job)
     if waited is None:
-        return "released"
-    assert runtime.client is not None
+        return None
     started = runtime.clock()
     result: Answer | TransportError
     try:
-        result = runtime.client.cancel_order(job.order_uuid, job.note)
+        result = send()
     except TransportError as exc:
         result = exc
-    finished = runtime.clock()
-    decision = classify_cancel(result, finished.timestamp())
-    pause = _heed(runtime, decision, result)
-    update = after_cancel(job, decision, runtime.policy, finished, pause, runtime.rng)
-    _record(
-        runtime, job, Call(AttemptKind.CANCEL, started, finished, waited, result), decision, update
-    )
-    return update.status.value
+    return Call(kind, started, runtime.clock(), waited, result)
 
 
 @dataclass(frozen=True)

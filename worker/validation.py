@@ -6,12 +6,12 @@ anything touches the database or a URL.
 
 import re
 
+from models.tables import LANES
 from worker.errors import ValidationError
 
 ORDER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SOURCE_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 NOTE_MAX_CHARS = 1000
-LANES = ("live", "bulk")
 
 
 def _shown(value: str, limit: int = 40) -> str:
