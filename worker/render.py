@@ -1,4 +1,9 @@
-"""Human output for ops: rich tables, colours on a terminal, plain text in a pipe."""
+"""Human output for ops: rich tables, colours on a terminal, plain text in a pipe.
+
+Every value from outside (notes, provider messages and bodies, sources) goes through
+`worker.textsafe.printable` on its way to a cell or line, and is never read as rich markup: on a
+terminal or in a pipe, control characters show as escapes. `jobs_csv` neutralises formulas.
+"""
 
 import csv
 import io
@@ -11,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from worker.queries import JOB_FIELDS, iso
+from worker.textsafe import csv_cell, printable
 
 if TYPE_CHECKING:
     from worker.ops import RetryResult
@@ -52,9 +58,9 @@ def _status(status: str) -> str:
 
 
 def _cell(value: Any, style: str = "") -> Text:
-    """A one-line cell: data is never read as markup, and what does not fit ends in an ellipsis."""
-    plain = "" if value is None else " ".join(str(value).split())
-    return Text(plain, style=style, no_wrap=True, overflow="ellipsis")
+    """A one-line cell: data is never read as markup, control characters and line breaks show as
+    escapes, and what does not fit ends in an ellipsis."""
+    return Text(printable(value), style=style, no_wrap=True, overflow="ellipsis")
 
 
 def _status_cell(status: str) -> Text:
@@ -158,22 +164,23 @@ def jobs_table(rows: list[dict[str, Any]]) -> None:
 
 def jobs_csv(rows: list[dict[str, Any]]) -> str:
     """`jobs list --csv`: the JSON keys as the header, one job a line; JSON values (a 417's
-    errors) as JSON text, empty for null."""
+    errors) as JSON text, empty for null. A cell starting with `=`, `+`, `-`, `@`, a tab or a
+    carriage return gets a leading `'` so a spreadsheet shows it instead of running it. Text is
+    always quoted (a bare carriage return inside a value would otherwise split the row)."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
     writer.writerow(JOB_FIELDS)
     for row in rows:
-        writer.writerow(
-            [
-                ""
-                if row[name] is None
-                else json.dumps(row[name], ensure_ascii=False)
-                if isinstance(row[name], dict | list)
-                else row[name]
-                for name in JOB_FIELDS
-            ]
-        )
+        writer.writerow([csv_cell(_csv_value(row[name])) for name in JOB_FIELDS])
     return out.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
 
 
 def job_detail(data: dict[str, Any]) -> None:
@@ -181,8 +188,8 @@ def job_detail(data: dict[str, Any]) -> None:
     console = _console()
     head = Text.assemble(
         (f"job {data['id']}", "bold"),
-        f"  order {data['order_uuid']}  ",
-        (data["status"], STATUS_STYLE.get(data["status"], "")),
+        f"  order {printable(data['order_uuid'])}  ",
+        (printable(data["status"]), STATUS_STYLE.get(data["status"], "")),
     )
     console.print(head)
     for key in JOB_FIELDS:
@@ -193,7 +200,7 @@ def job_detail(data: dict[str, Any]) -> None:
             shown = (
                 json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
             )
-            console.print(Text(f"  {key}: {shown}"), highlight=False)
+            console.print(Text(f"  {key}: {printable(shown)}"), highlight=False)
     calls = data["calls"]
     cells = [
         [
@@ -264,8 +271,10 @@ def stats_table(stats: dict[str, Any], console: Console | None = None) -> None:
     table.add_column("value")
     jobs = ", ".join(f"{_status(k)} {v}" for k, v in stats["jobs"].items() if v)
     table.add_row("jobs", f"{stats['jobs_total']} ({jobs})" if jobs else "0")
-    sources = ", ".join(f"{k or '(none)'} {v}" for k, v in stats["jobs_by_source"].items())
-    table.add_row("by source", sources or "-")
+    sources = ", ".join(
+        f"{printable(k) or '(none)'} {v}" for k, v in stats["jobs_by_source"].items()
+    )
+    table.add_row("by source", Text(sources or "-"))
     calls = stats["calls"]
     table.add_row(
         "calls",
