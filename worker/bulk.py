@@ -4,10 +4,11 @@ Reading (`read_csv`) streams: a file of a million lines is checked line by line 
 the bad lines' reasons and the set of order ids kept, then read a second time to write. Standard
 input is spooled to a temporary file during the first pass, so it can be read twice too.
 
-Writing (`write_bulk`) goes batch by batch, one transaction and one multi-row INSERT ... ON
-CONFLICT DO NOTHING each (SQLAlchemy's insertmanyvalues): the database's partial unique index
-decides which orders already have an active job, so two bulk runs at once cannot both create one.
-The jobs wait in the table (`queued`, lane `bulk`); the scheduler sends them as the rate allows.
+Writing (`write_bulk`) is all or nothing: one transaction stages the rows in a temporary table
+(COPY on PostgreSQL), batch by batch, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING moves
+the first row of each order into `cancel_jobs`. The database's partial unique index decides which
+orders already have an active job, so two bulk runs at once cannot both create one. The jobs wait
+in the table (`queued`, lane `bulk`); the scheduler sends them as the rate allows.
 """
 
 import csv
@@ -19,15 +20,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, NamedTuple
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.tables import ACTIVE_SQL, CancelJob, JobStatus
+from models.tables import ACTIVE_SQL
+from models.types import UTCDateTime
 from worker.errors import BadInput, ValidationError
-from worker.jobs import insert_if_no_active
 from worker.validation import clean_note, clean_order_uuid
 
 BATCH_ROWS = 5000
+DEADLOCK_RETRIES = 5
 SHOWN_PROBLEMS = 50
 
 
@@ -209,55 +212,69 @@ def check_csv(source: IO[bytes], default_note: str | None, seekable: bool = True
 
 # -- writing -----------------------------------------------------------------------------------
 
+STAGE = "fpcancel_bulk_stage"
 
-# PostgreSQL takes a batch as two arrays: one short statement instead of thousands of
-# placeholders, which psycopg would otherwise spend most of the time rewriting.
-_PG_BATCH_INSERT = text(
+
+def _create_stage(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        # Dropped at commit or rollback: nothing outlives the transaction.
+        ddl = f"CREATE TEMPORARY TABLE {STAGE} (seq bigint, order_uuid text, note text)"
+        session.execute(text(ddl + " ON COMMIT DROP"))
+        return
+    # SQLite keeps temporary tables for the connection's life: one from an earlier run goes first.
+    session.execute(text(f"DROP TABLE IF EXISTS temp.{STAGE}"))
+    ddl = f"CREATE TEMPORARY TABLE {STAGE} (seq INTEGER PRIMARY KEY, order_uuid TEXT, note TEXT)"
+    session.execute(text(ddl))
+
+
+# The first row of each order, in input order, into the job table; an order that already has an
+# active or succeeded job is left alone (the partial unique index decides, also against writers
+# running at the same time).
+_MOVE = text(
     f"""
     INSERT INTO cancel_jobs (order_uuid, note, source, lane, status, attempts, next_attempt_at,
                              created_at, updated_at, round_start_attempts, needs_status_check,
                              lost_claims)
-    SELECT o, n, :source, :lane, 'queued', 0, :now, :now, :now, 0, false, 0
-    FROM unnest(CAST(:orders AS text[]), CAST(:notes AS text[])) AS batch(o, n)
+    SELECT order_uuid, note, :source, :lane, 'queued', 0, :now, :now, :now, 0, false, 0
+    FROM {STAGE}
+    WHERE seq IN (SELECT min(seq) FROM {STAGE} GROUP BY order_uuid)
+    ORDER BY seq
     ON CONFLICT (order_uuid) WHERE {ACTIVE_SQL}
     DO NOTHING
-    RETURNING id
     """
-)
+).bindparams(bindparam("now", type_=UTCDateTime()))
+_DISTINCT = text(f"SELECT count(DISTINCT order_uuid) FROM {STAGE}")
 
 
-def _insert_batch(
-    session: Session, rows: list[tuple[str, str]], source: str | None, lane: str, now: datetime
-) -> int:
-    """Insert one batch; returns how many jobs it created (the rest already had one)."""
+def _load_batch(session: Session, batch: list[tuple[int, str, str]]) -> None:
+    """Append rows to the stage: COPY on PostgreSQL, one executemany on SQLite."""
     if session.get_bind().dialect.name == "postgresql":
-        params = {
-            "orders": [r[0] for r in rows],
-            "notes": [r[1] for r in rows],
-            "source": source,
-            "lane": lane,
-            "now": now,
-        }
-        return len(session.execute(_PG_BATCH_INSERT, params).all())
-    values = [
-        {
-            "order_uuid": order_uuid,
-            "note": note,
-            "source": source,
-            "lane": lane,
-            "status": JobStatus.QUEUED.value,
-            "attempts": 0,
-            "round_start_attempts": 0,
-            "needs_status_check": False,
-            "lost_claims": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for order_uuid, note in rows
-    ]
-    stmt = insert_if_no_active(session).returning(CancelJob.__table__.c.id)
-    return len(session.execute(stmt, values).all())
+        driver = session.connection().connection.driver_connection
+        with (
+            driver.cursor() as cursor,  # type: ignore[union-attr]
+            cursor.copy(f"COPY {STAGE} (seq, order_uuid, note) FROM STDIN") as copy,
+        ):
+            for row in batch:
+                copy.write_row(row)
+        return
+    session.execute(
+        text(f"INSERT INTO {STAGE} (seq, order_uuid, note) VALUES (:seq, :order_uuid, :note)"),
+        [{"seq": seq, "order_uuid": order, "note": note} for seq, order, note in batch],
+    )
+
+
+def _move_into_jobs(session: Session, source: str | None, lane: str, now: datetime) -> int:
+    """Run `_MOVE`; returns the jobs it created. Two bulk runs sharing orders can deadlock on
+    the unique index; the loser's statement is retried under a SAVEPOINT (its stage survives)."""
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            with session.begin_nested():
+                result = session.execute(_MOVE, {"source": source, "lane": lane, "now": now})
+                return int(result.rowcount)  # type: ignore[attr-defined]
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "40P01" or attempt == DEADLOCK_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def write_bulk(
@@ -270,33 +287,31 @@ def write_bulk(
     progress: Callable[[int], None] | None = None,
     batch_rows: int = BATCH_ROWS,
 ) -> BulkResult:
-    """Write validated rows in batches, one transaction each; an order with an active or
-    succeeded job is counted as `already_active`, an order repeated in the input once."""
+    """Write validated rows as jobs: all of them or, whatever goes wrong midway (a database
+    restart, a full disk, a bug), none. One transaction: the rows are staged batch by batch in
+    a temporary table, then moved into `cancel_jobs` by one statement. An order with an active
+    or succeeded job is counted as `already_active`, an order repeated in the input once."""
     result = BulkResult()
-    seen: set[str] = set()
-    batch: list[tuple[str, str]] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        with sessions.begin() as session:
-            created = _insert_batch(session, batch, source, lane, now())
-        result.created += created
-        result.already_active += len(batch) - created
-        if progress is not None:
-            progress(len(batch))
-        batch.clear()
-
-    for row in rows:
-        order_uuid = row[0]
-        if order_uuid in seen:
-            result.duplicates += 1
+    total = 0
+    with sessions.begin() as session:
+        _create_stage(session)
+        batch: list[tuple[int, str, str]] = []
+        for row in rows:
+            total += 1
+            batch.append((total, row[0], row[1]))
+            if len(batch) >= batch_rows:
+                _load_batch(session, batch)
+                if progress is not None:
+                    progress(len(batch))
+                batch = []
+        if batch:
+            _load_batch(session, batch)
             if progress is not None:
-                progress(1)
-            continue
-        seen.add(order_uuid)
-        batch.append((order_uuid, row[1]))
-        if len(batch) >= batch_rows:
-            flush()
-    flush()
+                progress(len(batch))
+        distinct = int(session.execute(_DISTINCT).scalar_one())
+        result.created = _move_into_jobs(session, source, lane, now())
+        if session.get_bind().dialect.name == "sqlite":
+            session.execute(text(f"DROP TABLE temp.{STAGE}"))
+    result.already_active = distinct - result.created
+    result.duplicates = total - distinct
     return result

@@ -1,17 +1,24 @@
 """Validators for what users and producers hand fpcancel (SPEC.md, "Inputs").
 
 Each returns the clean value or raises `ValidationError` naming the field. They run before
-anything touches the database or a URL.
+anything touches the database or a URL, and they refuse everything either database cannot store
+(a NUL, a lone surrogate from invalid UTF-8 on a command line), so a value that passes here is
+never refused downstream.
 """
 
 import re
 
 from models.tables import LANES
 from worker.errors import ValidationError
+from worker.textsafe import trim
 
 ORDER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SOURCE_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 NOTE_MAX_CHARS = 1000
+# Control characters a note may not hold: C0 but tab and line breaks, DEL and C1. NUL is among
+# them (PostgreSQL's text cannot store it); the rest are no part of any cancellation reason.
+_NOTE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _shown(value: str, limit: int = 40) -> str:
@@ -36,11 +43,25 @@ def clean_order_uuid(value: object, field: str = "order_uuid") -> str:
 
 
 def clean_note(value: object, field: str = "note") -> str:
-    """A cancellation note: trimmed, then 1-1,000 characters."""
+    """A cancellation note: trimmed of white space and invisible characters (zero-width space,
+    BOM), then 1-1,000 characters, with no control character but tab and line breaks."""
     if not isinstance(value, str):
         raise ValidationError(field, "must be a string")
-    note = value.strip()
+    if _SURROGATE.search(value):
+        raise ValidationError(
+            field, "is not valid Unicode (invalid UTF-8 on the command line or in the file?)"
+        )
+    bad = _NOTE_CONTROL.search(value)
+    if bad:
+        raise ValidationError(
+            field,
+            f"holds the control character {bad.group()!r} at position {bad.start() + 1}; "
+            "only tab and line breaks are allowed",
+        )
+    note = trim(value)
     if not note:
+        if value.strip():
+            raise ValidationError(field, "is empty: it holds only invisible characters")
         raise ValidationError(field, "is empty")
     if len(note) > NOTE_MAX_CHARS:
         raise ValidationError(

@@ -1,13 +1,23 @@
 """Bulk on real parts: concurrent producers on PostgreSQL, and workers draining a stock-out."""
 
+import subprocess
 import threading
+import time
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.pool import NullPool
 
 from models.db import make_engine, make_session_factory
 from models.tables import CancelJob
-from tests.real.conftest import all_terminal, enqueue_orders, statuses, wait_until
+from tests.real.conftest import (
+    FPCANCEL,
+    all_terminal,
+    cli,
+    enqueue_orders,
+    statuses,
+    wait_until,
+)
 from worker.app import make_celery
 from worker.bulk import BulkRow
 from worker.producer import Producer
@@ -82,3 +92,62 @@ def test_workers_drain_a_bulk_run_to_terminal_statuses(
     assert all(final[o] == "succeeded" for o in orders[20:])
     posts = sandbox.calls(kind="cancel")
     assert len(posts) == 300 + 10  # one each, plus the ten 510s' second POST
+
+
+def test_a_nul_after_5001_good_lines_writes_nothing_on_postgresql(
+    env: dict[str, str], sessions: Any, tmp_path: Any
+) -> None:
+    """The value PostgreSQL cannot store is refused by validation, naming its line: exit 2 and
+    no job, not exit 1 with the first 5,000 committed."""
+    path = tmp_path / "nul.csv"
+    rows = [f"ODR{n},Out of stock" for n in range(5001)] + ["ODR9999999,out\x00of stock"]
+    path.write_text("order_uuid,note\n" + "\n".join(rows) + "\n")
+    done = cli(env, "enqueue-bulk", str(path))
+    assert done.returncode == 2, done.stderr
+    assert "line 5003" in done.stderr
+    with sessions() as s:
+        assert s.execute(select(func.count()).select_from(CancelJob)).scalar_one() == 0
+
+
+def test_a_database_restart_mid_write_leaves_no_job(
+    env: dict[str, str], database_url: str, pg_admin: str, sessions: Any, tmp_path: Any
+) -> None:
+    """The server ends the bulk's connection while it writes (as a restart does): the command
+    fails (exit 1) and not one of the file's jobs is in the table."""
+    path = tmp_path / "big.csv"
+    path.write_text("order_uuid\n" + "".join(f"ODR{n}\n" for n in range(400_000)))
+    name = database_url.rsplit("/", 1)[-1]
+    proc = subprocess.Popen(
+        [FPCANCEL, "enqueue-bulk", str(path), "--note", "Out of stock"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    admin = create_engine(pg_admin, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    killed = 0
+    deadline = time.monotonic() + 60
+    while not killed and time.monotonic() < deadline and proc.poll() is None:
+        with admin.connect() as c:
+            killed = c.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :db AND query ILIKE '%fpcancel_bulk_stage%'"
+                ),
+                {"db": name},
+            ).scalar_one()
+        time.sleep(0.05)
+    admin.dispose()
+    _, err = proc.communicate(timeout=60)
+    assert killed, "the bulk's write was never seen"
+    assert proc.returncode == 1, err
+    with sessions() as s:
+        assert s.execute(select(func.count()).select_from(CancelJob)).scalar_one() == 0
+
+
+def test_the_largest_job_id_is_unknown_not_a_database_error(env: dict[str, str]) -> None:
+    """The pair: the CLI's id range is PostgreSQL's BIGINT; the largest is simply no job."""
+    done = cli(env, "jobs", "show", str(2**63 - 1))
+    assert done.returncode == 2 and "no such job" in done.stderr
+    past = cli(env, "jobs", "show", str(2**63))
+    assert past.returncode == 2 and "unreachable" not in past.stderr
