@@ -4,9 +4,10 @@ Every variable is in SPEC.md, "Configuration"; the few extra knobs below it are 
 documented in README.md. A malformed value raises `SettingsError` naming the variable.
 """
 
+import io
 import ipaddress
-import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,11 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from worker.errors import SettingsError
+from worker.redaction import Redactor
 
 DEMO_BASE_URL = "https://demo-api.frontpayment.no/api/v1"
+DAY_SECONDS = 86_400
+MAX_RATE_CALLS = 1_000_000
 
 
 class Secret:
@@ -100,70 +104,193 @@ class Settings:
             raise SettingsError("FRONTPAYMENT_TOKEN: not set; the worker needs the bearer token")
         return self.token.reveal()
 
+    @property
+    def redactor(self) -> Redactor:
+        """Blanks every secret setting out of a text (`worker.redaction`)."""
+        return Redactor([self.token.reveal() if self.token else None])
+
     def check_provider(self) -> None:
         """Refuse to call the provider without a token or over plain http to a remote host."""
         _ = self.token_value
         check_base_url(self.base_url)
 
 
+# The API root's path: what real base URLs hold (`/api/v1`), nothing a parser could read twice.
+_URL_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
+# RFC 6750's bearer token is visible ASCII; Laravel Sanctum's adds `|`. No space, no line break:
+# either would break the Authorization header or smuggle another one into the request.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+# ASCII digits only: Python's int() and float() also take full-width digits and "1_5".
+_DECIMAL = re.compile(r"\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_WHOLE = re.compile(r"\+?[0-9]+")
+
+
 def check_base_url(url: str, name: str = "FRONTPAYMENT_BASE_URL") -> str:
-    """An https URL, or http to a loopback host (the local sandbox)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"{name}: {url!r} is not an http(s) URL")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    """An https URL, or http to a loopback host (the local sandbox); returns it rebuilt from the
+    parts that were checked, so what is sent is what was checked.
+
+    The URL is parsed by urllib3, the parser `requests` sends with, and must read the same to the
+    standard library's; credentials, a query, a fragment, a port outside 1-65535 and anything but
+    plain path characters are refused.
+    """
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url
+
+    shown = _shown_url(url)
+    if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
         raise SettingsError(
-            f"{name}: plain http is only allowed to a loopback host (the sandbox), "
-            f"got {parts.hostname!r}"
+            f"{name}: {shown} holds white space, control or non-ASCII characters "
+            "(write a host name in its xn-- form)"
         )
-    return url.rstrip("/")
+    try:
+        parts = parse_url(url)
+        std = urlsplit(url)
+        std_port = std.port
+    except (LocationParseError, ValueError):
+        raise SettingsError(f"{name}: {shown} is not a valid URL (a bad host or port?)") from None
+    scheme = (parts.scheme or "").lower()
+    host = (parts.host or "").lower()
+    if scheme not in ("http", "https") or not host:
+        raise SettingsError(f"{name}: {shown} is not an http(s) URL")
+    if parts.auth is not None or "@" in url:
+        raise SettingsError(f"{name}: credentials in the URL are refused (the token is the one)")
+    if parts.query is not None or parts.fragment is not None or "?" in url or "#" in url:
+        raise SettingsError(f"{name}: {shown} has a query or fragment; give the API root only")
+    if parts.port is not None and not 1 <= parts.port <= 65535:
+        raise SettingsError(f"{name}: port {parts.port} is outside 1-65535")
+    path = parts.path or ""
+    if not _URL_PATH.fullmatch(path):
+        raise SettingsError(
+            f"{name}: the path {path!r} may only hold letters, digits, '/', '-', '.', '_', '~'"
+        )
+    if (std.hostname or "") != host.strip("[]") or std_port != parts.port:
+        raise SettingsError(f"{name}: {shown} reads differently to different URL parsers")
+    if scheme == "http" and not is_loopback_host(host):
+        raise SettingsError(
+            f"{name}: plain http is only allowed to a loopback host (the sandbox), got {host!r}"
+        )
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{scheme}://{host}{port}{path}".rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+def _shown_url(url: str) -> str:
+    """The URL as quoted in an error: credentials masked, control characters escaped."""
+    _, at, tail = url.rpartition("@")
+    return repr(("***@" + tail) if at else url)[:120]
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a loopback address (`127.0.0.1`, `[::1]`)."""
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+def _number(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float
+) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: {raw!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < minimum:
-        raise SettingsError(f"{name}: {raw!r} must be a number ≥ {minimum:g}")
+    if not _DECIMAL.fullmatch(raw):
+        raise SettingsError(f"{name}: {raw[:40]!r} is not a number of seconds")
+    value = float(raw)
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name}: {raw!r} must be between {minimum:g} and {maximum:g} seconds")
     return value
 
 
-def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: {raw!r} is not a whole number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}: {raw!r} must be at least {minimum}")
+    if not _WHOLE.fullmatch(raw):
+        raise SettingsError(f"{name}: {raw[:40]!r} is not a whole number")
+    value = int(raw)
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name}: {raw!r} must be between {minimum} and {maximum}")
     return value
 
 
 def parse_rate_limit(raw: str, name: str = "FPCANCEL_RATE_LIMIT") -> RateLimit:
-    """`N/W`: N calls in any W seconds, e.g. `240/60`."""
+    """`N/W`: N calls in any W seconds, e.g. `240/60` (N at most 1,000,000, W at most a day)."""
     calls, sep, seconds = raw.strip().partition("/")
-    try:
-        limit = RateLimit(int(calls), float(seconds)) if sep else None
-    except ValueError:
-        limit = None
-    if limit is None or limit.calls < 1 or not (0 < limit.per_seconds < math.inf):
-        raise SettingsError(f"{name}: {raw!r} must be CALLS/SECONDS, e.g. 240/60")
+    if not (sep and _WHOLE.fullmatch(calls.strip()) and _DECIMAL.fullmatch(seconds.strip())):
+        raise SettingsError(f"{name}: {raw[:40]!r} must be CALLS/SECONDS, e.g. 240/60")
+    limit = RateLimit(int(calls), float(seconds))
+    if not 1 <= limit.calls <= MAX_RATE_CALLS or not 0.001 <= limit.per_seconds <= DAY_SECONDS:
+        raise SettingsError(
+            f"{name}: {raw!r} must be 1-{MAX_RATE_CALLS:,} calls per 0.001-{DAY_SECONDS:,} seconds"
+        )
     return limit
+
+
+def check_token(raw: str, name: str = "FRONTPAYMENT_TOKEN") -> Secret | None:
+    """The bearer token, or None when unset; never quoted in an error."""
+    token = raw.strip()
+    if not token:
+        return None
+    if not _TOKEN.fullmatch(token):
+        raise SettingsError(
+            f"{name}: holds a space, a line break or a character outside printable ASCII, "
+            "which no bearer token has (check how it was copied)"
+        )
+    return Secret(token)
+
+
+SUPPORTED_DATABASES = ("postgresql", "sqlite")
+SUPPORTED_BROKERS = ("redis", "rediss", "memory")
+
+
+def check_database_url(raw: str, name: str = "FPCANCEL_DATABASE_URL") -> str:
+    """A SQLAlchemy URL for PostgreSQL (psycopg 3) or SQLite that SQLAlchemy can open."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    url_text = normalise_database_url(raw)
+    try:
+        url = make_url(url_text)
+    except (ArgumentError, ValueError):
+        raise SettingsError(
+            f"{name}: not a database URL (e.g. postgresql://user:pass@host/db, sqlite:///file.db)"
+        ) from None
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() not in SUPPORTED_DATABASES:
+        raise SettingsError(f"{name}: {shown!r}: fpcancel runs on PostgreSQL or SQLite")
+    try:
+        url.get_dialect()
+    except NoSuchModuleError:
+        raise SettingsError(f"{name}: {shown!r}: no such database driver installed") from None
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise SettingsError(f"{name}: port {url.port} is outside 1-65535")
+    return url_text
+
+
+def check_broker_url(raw: str, name: str = "FPCANCEL_BROKER_URL") -> str:
+    """A Redis URL (`redis://host:port/db`), or `memory://` for a single process (the demo)."""
+    shown = _shown_url(raw)
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        raise SettingsError(f"{name}: {shown} has a bad port (1-65535)") from None
+    if parts.scheme not in SUPPORTED_BROKERS:
+        raise SettingsError(
+            f"{name}: {shown}: the broker is Redis (redis:// or rediss://; memory:// for one "
+            "process only)"
+        )
+    if parts.scheme != "memory":
+        if not parts.hostname:
+            raise SettingsError(f"{name}: {shown} names no host")
+        if port is not None and not 1 <= port <= 65535:
+            raise SettingsError(f"{name}: port {port} is outside 1-65535")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise SettingsError(f"{name}: {shown}: the database after '/' must be a number")
+    return raw
 
 
 def normalise_database_url(url: str) -> str:
@@ -177,43 +304,66 @@ def normalise_database_url(url: str) -> str:
 def read_environment(
     environ: Mapping[str, str] | None = None, dotenv: Path | None = None
 ) -> dict[str, str]:
-    """The process environment over `./.env` (the environment wins)."""
+    """The process environment over `./.env` (the environment wins). A `.env` that is not UTF-8
+    or has a line that cannot be parsed is an error naming the file and line, not ignored."""
     env: dict[str, str] = {}
     path = dotenv if dotenv is not None else Path.cwd() / ".env"
     if path.is_file():
-        env.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+        env.update(_read_dotenv(path))
     env.update(os.environ if environ is None else environ)
     return env
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    from dotenv.parser import parse_stream
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SettingsError(f"{path}: line {line} is not valid UTF-8") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise SettingsError(
+                f"{path}: line {binding.original.line} cannot be parsed (expected NAME=value)"
+            )
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
     """Read and check every variable; raise `SettingsError` on the first malformed one."""
     env = read_environment(environ, dotenv)
-    token = env.get("FRONTPAYMENT_TOKEN", "").strip()
-    base_url = env.get("FRONTPAYMENT_BASE_URL", "").strip() or DEMO_BASE_URL
-    check_base_url(base_url)
-    retry_base = _number(env, "FPCANCEL_RETRY_BASE_SECONDS", 5.0, minimum=0)
-    retry_max = _number(env, "FPCANCEL_RETRY_MAX_SECONDS", 900.0, minimum=0)
+    retry_base = _number(env, "FPCANCEL_RETRY_BASE_SECONDS", 5.0, minimum=0, maximum=DAY_SECONDS)
+    retry_max = _number(
+        env, "FPCANCEL_RETRY_MAX_SECONDS", 900.0, minimum=0, maximum=7 * DAY_SECONDS
+    )
     if retry_max < retry_base:
         raise SettingsError(
             f"FPCANCEL_RETRY_MAX_SECONDS: {retry_max:g} is below "
             f"FPCANCEL_RETRY_BASE_SECONDS ({retry_base:g})"
         )
     return Settings(
-        base_url=base_url.rstrip("/"),
-        token=Secret(token) if token else None,
-        database_url=normalise_database_url(
+        base_url=check_base_url(env.get("FRONTPAYMENT_BASE_URL", "").strip() or DEMO_BASE_URL),
+        token=check_token(env.get("FRONTPAYMENT_TOKEN", "")),
+        database_url=check_database_url(
             env.get("FPCANCEL_DATABASE_URL", "").strip() or "sqlite:///fpcancel.db"
         ),
-        broker_url=env.get("FPCANCEL_BROKER_URL", "").strip() or "redis://localhost:6379/0",
-        max_attempts=_whole(env, "FPCANCEL_MAX_ATTEMPTS", 8, minimum=1),
+        broker_url=check_broker_url(
+            env.get("FPCANCEL_BROKER_URL", "").strip() or "redis://localhost:6379/0"
+        ),
+        max_attempts=_whole(env, "FPCANCEL_MAX_ATTEMPTS", 8, minimum=1, maximum=1000),
         retry_base_seconds=retry_base,
         retry_max_seconds=retry_max,
-        http_timeout_seconds=_number(env, "FPCANCEL_HTTP_TIMEOUT_SECONDS", 15.0, minimum=0.01),
+        http_timeout_seconds=_number(
+            env, "FPCANCEL_HTTP_TIMEOUT_SECONDS", 15.0, minimum=0.01, maximum=600
+        ),
         rate_limit=parse_rate_limit(env.get("FPCANCEL_RATE_LIMIT", "").strip() or "240/60"),
         scheduler_interval_seconds=_number(
-            env, "FPCANCEL_SCHEDULER_INTERVAL_SECONDS", 1.0, minimum=0.01
+            env, "FPCANCEL_SCHEDULER_INTERVAL_SECONDS", 1.0, minimum=0.01, maximum=60
         ),
-        dispatch_lease_seconds=_number(env, "FPCANCEL_DISPATCH_LEASE_SECONDS", 60.0, minimum=0.1),
-        max_lost_claims=_whole(env, "FPCANCEL_MAX_LOST_CLAIMS", 3, minimum=1),
+        dispatch_lease_seconds=_number(
+            env, "FPCANCEL_DISPATCH_LEASE_SECONDS", 60.0, minimum=0.1, maximum=DAY_SECONDS
+        ),
+        max_lost_claims=_whole(env, "FPCANCEL_MAX_LOST_CLAIMS", 3, minimum=1, maximum=100),
     )

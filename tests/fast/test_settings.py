@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker.errors import BadInput, SettingsError
 from worker.settings import RateLimit, Secret, Settings, load_settings
@@ -164,7 +166,10 @@ def test_plain_http_to_a_remote_host_is_refused(no_dotenv: Path, url: str) -> No
 )
 def test_plain_http_to_loopback_is_allowed(no_dotenv: Path, url: str) -> None:
     """The local sandbox over http on a loopback host is fine."""
-    assert load(no_dotenv, FRONTPAYMENT_BASE_URL=url).base_url == url
+    # The host is compared and sent lower-cased: one spelling of it.
+    assert load(no_dotenv, FRONTPAYMENT_BASE_URL=url).base_url == url.replace(
+        "LOCALHOST", "localhost"
+    )
 
 
 def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
@@ -216,3 +221,161 @@ def test_secret_compares_by_value_without_showing_it() -> None:
     assert Secret(TOKEN) == Secret(TOKEN)
     assert Secret(TOKEN) != Secret("other")
     assert str(Secret(TOKEN)) == str(Secret("other"))
+
+
+# -- hostile and odd settings (issue 10) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("http://example.com\\@127.0.0.1/api/v1", "credentials"),
+        ("http://example.com\\.127.0.0.1/api/v1", "path"),
+        ("http://example.com%5C@127.0.0.1/api/v1", "credentials"),
+        ("https://user:secret@apigo.frontpayment.no/api/v1", "credentials"),
+        ("http://127.0.0.1:8765/api/v1?debug=1", "query or fragment"),
+        ("http://127.0.0.1:8765/api/v1#x", "query or fragment"),
+        ("http://127.0.0.1:99999/api/v1", "not a valid URL"),
+        ("http://127.0.0.1:0/api/v1", "outside 1-65535"),
+        ("https://apigo.frontpayment.no/api/v1/%2e%2e", "path"),
+        ("https://apigo.frontpayment.no/api v1", "white space"),
+        ("https://apigo.frontpayment.no\n.evil/api", "white space"),
+        ("https://front\u0440ayment.no/api/v1", "non-ASCII"),  # a Cyrillic letter
+        ("ftp://127.0.0.1/api", "not an http(s) URL"),
+        ("http://127.1/api/v1", "loopback"),
+    ],
+)
+def test_base_urls_that_could_send_the_token_elsewhere_are_refused(
+    no_dotenv: Path, url: str, why: str
+) -> None:
+    """Parsed as the sending library parses it; anything ambiguous, credentialed or odd is
+    refused naming the variable, and a password never appears in the message."""
+    with pytest.raises(SettingsError) as caught:
+        load(no_dotenv, FRONTPAYMENT_BASE_URL=url)
+    message = str(caught.value)
+    assert message.startswith("FRONTPAYMENT_BASE_URL") and why in message
+    assert "secret" not in message
+
+
+urlish = st.text(
+    alphabet=st.sampled_from(list("htps:/\\@.?#%[]:0123456789 abcdelmoxy-_~\t")), max_size=40
+).map(lambda tail: "http://" + tail) | st.text(max_size=40)
+
+
+@given(urlish)
+def test_an_accepted_base_url_sends_to_the_host_that_was_checked(url: str) -> None:
+    """The pair: whatever `check_base_url` accepts, `requests` sends to that same scheme, host and
+    port; and plain http only to loopback."""
+    import requests
+    from urllib3.util import parse_url
+
+    from worker.settings import check_base_url, is_loopback_host
+
+    try:
+        checked = check_base_url(url)
+    except SettingsError:
+        return
+    sent = parse_url(
+        requests.Request("POST", checked + "/connect/orders/cancel/ODR1").prepare().url
+    )
+    mine = parse_url(checked)
+    assert (sent.scheme, sent.host, sent.port, sent.auth) == (
+        mine.scheme,
+        mine.host,
+        mine.port,
+        None,
+    )
+    if sent.scheme == "http":
+        assert is_loopback_host(sent.host or "")
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("FPCANCEL_HTTP_TIMEOUT_SECONDS", "1e308"),
+        ("FPCANCEL_HTTP_TIMEOUT_SECONDS", "nan"),
+        ("FPCANCEL_HTTP_TIMEOUT_SECONDS", "１５"),  # full-width digits
+        ("FPCANCEL_HTTP_TIMEOUT_SECONDS", "1_5"),
+        ("FPCANCEL_SCHEDULER_INTERVAL_SECONDS", "1e308"),
+        ("FPCANCEL_DISPATCH_LEASE_SECONDS", "1e308"),
+        ("FPCANCEL_RETRY_BASE_SECONDS", "1e308"),
+        ("FPCANCEL_RETRY_MAX_SECONDS", "1e308"),
+        ("FPCANCEL_RATE_LIMIT", "1/1e308"),
+        ("FPCANCEL_RATE_LIMIT", "99999999999/60"),
+        ("FPCANCEL_RATE_LIMIT", "240/0.0000001"),
+        ("FPCANCEL_MAX_ATTEMPTS", "99999999999999999999"),
+        ("FPCANCEL_MAX_LOST_CLAIMS", "1000000"),
+        ("FRONTPAYMENT_TOKEN", "abc\ndef"),
+        ("FRONTPAYMENT_TOKEN", "abc def"),
+        ("FRONTPAYMENT_TOKEN", "tøken"),
+        ("FPCANCEL_DATABASE_URL", "postgresql://u:pw@db:99999/x"),
+        ("FPCANCEL_DATABASE_URL", "postgresql://u:pw@db:port/x"),
+        ("FPCANCEL_DATABASE_URL", "mysql://u:pw@db/x"),
+        ("FPCANCEL_DATABASE_URL", "nonsense"),
+        ("FPCANCEL_BROKER_URL", "redis://:pw@cache:99999/0"),
+        ("FPCANCEL_BROKER_URL", "redis://cache:port/0"),
+        ("FPCANCEL_BROKER_URL", "redis://cache:6379/zero"),
+        ("FPCANCEL_BROKER_URL", "amqp://guest@rabbit//"),
+    ],
+)
+def test_settings_that_pass_a_number_check_but_cannot_work_are_refused(
+    no_dotenv: Path, name: str, value: str
+) -> None:
+    """Each names its variable; none quotes the token or a password."""
+    with pytest.raises(SettingsError) as caught:
+        load(no_dotenv, **{name: value})
+    message = str(caught.value)
+    assert message.startswith(name), message
+    assert "pw" not in message and "abc" not in message
+
+
+def test_an_env_file_line_that_cannot_be_parsed_is_an_error(tmp_path: Path) -> None:
+    """A line python-dotenv would skip silently names the file and the line."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("FPCANCEL_MAX_ATTEMPTS=3\nthis line is not a setting\n")
+    with pytest.raises(SettingsError, match=r"\.env: line 2 cannot be parsed"):
+        load_settings(environ={}, dotenv=dotenv)
+
+
+def test_an_env_file_that_is_not_utf8_is_an_error(tmp_path: Path) -> None:
+    """A Latin-1 `.env` names the file and the line, not a traceback."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_bytes(b"FPCANCEL_MAX_ATTEMPTS=3\nFRONTPAYMENT_TOKEN=caf\xe9\n")
+    with pytest.raises(SettingsError, match=r"\.env: line 2 is not valid UTF-8"):
+        load_settings(environ={}, dotenv=dotenv)
+
+
+@pytest.mark.parametrize(
+    "env, dotenv, named",
+    [
+        ({"FPCANCEL_HTTP_TIMEOUT_SECONDS": "1e308"}, None, "FPCANCEL_HTTP_TIMEOUT_SECONDS"),
+        ({"FRONTPAYMENT_TOKEN": "a\nb"}, None, "FRONTPAYMENT_TOKEN"),
+        ({"FPCANCEL_BROKER_URL": "redis://h:99999/0"}, None, "FPCANCEL_BROKER_URL"),
+        ({}, b"FPCANCEL_RATE_LIMIT 240/60\n", ".env: line 1"),
+        ({}, b"\xff\xfe", ".env: line 1"),
+    ],
+)
+def test_every_command_refuses_to_start_on_a_bad_setting(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    dotenv: bytes | None,
+    named: str,
+) -> None:
+    """Exit 2 at start with one line naming the variable or the file."""
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    if dotenv is not None:
+        (tmp_path / ".env").write_bytes(dotenv)
+    base = {
+        "FPCANCEL_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+        "FRONTPAYMENT_TOKEN": "tok-1",
+    }
+    for args in (["worker"], ["stats"], ["jobs", "list"], ["enqueue", "ODR1", "--note", "n"]):
+        result = CliRunner().invoke(main, args, env={**base, **env})
+        assert result.exit_code == 2, (args, result.output)
+        assert named in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "x.db").exists() or args[0] != "enqueue"
