@@ -119,6 +119,7 @@ class FakeTransport(BaseAdapter):
             response._content = json.dumps(reply.body).encode() if reply.body is not None else b""
             response.headers["Content-Type"] = "application/json"
         response.headers.update(reply.headers)
+        response._content_consumed = True  # the body is all here; `stream=True` reads it as is
         response.url = url
         response.request = request
         return response

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from models.tables import JobStatus
-from worker.provider import Answer, TransportError
+from worker.provider import Answer, ProviderError, RequestNotBuilt, TransportError
 
 CANCELLED_MESSAGE = "cancelledOrderSuccessfully"
 ALREADY_PAID_MESSAGE = "orderStatusAlreadyPaid"
@@ -45,6 +45,7 @@ class Outcome(StrEnum):
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
     MISROUTED = "misrouted"
+    NOT_SENT = "not_sent"  # the request could not be built: nothing left
 
 
 class Block(StrEnum):
@@ -53,6 +54,7 @@ class Block(StrEnum):
     RATE_LIMITED = "rate_limited"  # 429: wait for Retry-After
     UNAUTHORIZED = "unauthorized"  # 401/403: the token is refused
     MISROUTED = "misrouted"  # a 404 or redirect that is not the API's: the URL is wrong
+    NOT_SENT = "not_sent"  # a request that cannot be built: a local fault
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,14 @@ def _blocked(outcome: Outcome, block: Block, answer: Answer, now: float) -> Deci
     )
 
 
-def classify_cancel(result: Answer | TransportError, now_epoch: float = 0.0) -> Decision:
+def _not_sent() -> Decision:
+    return Decision(Outcome.NOT_SENT, block=Block.NOT_SENT, counts=False)
+
+
+def classify_cancel(result: Answer | ProviderError, now_epoch: float = 0.0) -> Decision:
     """The SPEC's table of cancel answers (SPEC.md, "Job statuses"), never raising."""
+    if isinstance(result, RequestNotBuilt) or not isinstance(result, Answer | TransportError):
+        return _not_sent()
     if isinstance(result, TransportError):
         if result.sent:
             return Decision(Outcome.AMBIGUOUS, ambiguous=True)
@@ -128,8 +136,10 @@ def classify_cancel(result: Answer | TransportError, now_epoch: float = 0.0) -> 
     return Decision(Outcome.FAILED, final=JobStatus.FAILED)
 
 
-def classify_status_check(result: Answer | TransportError, now_epoch: float = 0.0) -> Decision:
+def classify_status_check(result: Answer | ProviderError, now_epoch: float = 0.0) -> Decision:
     """A status check settles an ambiguous cancel, or says to cancel again."""
+    if isinstance(result, RequestNotBuilt) or not isinstance(result, Answer | TransportError):
+        return _not_sent()
     if isinstance(result, TransportError):
         return Decision(Outcome.CHECK_FAILED, counts=False)
     answer = result

@@ -20,7 +20,7 @@ from models.tables import (
     JobStatus,
 )
 from worker.decisions import Decision, errors_json
-from worker.provider import Answer, TransportError
+from worker.provider import Answer, ProviderError
 from worker.transitions import ClaimedJob, JobUpdate
 
 WAITING = (JobStatus.QUEUED, JobStatus.RETRYING)
@@ -197,7 +197,7 @@ def record_call(
     kind: AttemptKind,
     started_at: datetime,
     finished_at: datetime,
-    result: Answer | TransportError,
+    result: Answer | ProviderError,
     decision: Decision,
     update_: JobUpdate,
     rate_wait_seconds: float = 0.0,

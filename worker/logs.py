@@ -6,13 +6,15 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from worker.redaction import Redactor
+
 
 class RedactingFormatter(logging.Formatter):
     """Formats as usual, then blanks every secret out of the line (tracebacks included)."""
 
-    def __init__(self, secrets: list[str], fmt: str | None = None, as_json: bool = False) -> None:
+    def __init__(self, redactor: Redactor, fmt: str | None = None, as_json: bool = False) -> None:
         super().__init__(fmt)
-        self._secrets = [s for s in secrets if s]
+        self._redactor = redactor
         self._as_json = as_json
         self.converter = time.gmtime
 
@@ -32,18 +34,16 @@ class RedactingFormatter(logging.Formatter):
             line = json.dumps(payload, default=str)
         else:
             line = super().format(record)
-        for secret in self._secrets:
-            line = line.replace(secret, "***")
-        return line
+        return self._redactor.text(line)
 
 
 def setup_logging(
-    level: str = "INFO", *, as_json: bool = False, secrets: list[str] | None = None
+    level: str = "INFO", *, as_json: bool = False, redactor: Redactor | None = None
 ) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         RedactingFormatter(
-            secrets or [],
+            redactor or Redactor(),
             "%(asctime)sZ %(levelname)s %(name)s: %(message)s",
             as_json=as_json,
         )

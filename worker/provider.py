@@ -4,11 +4,16 @@ What a call returns or raises:
 
     Answer                      the provider answered: status, parsed JSON or raw text, headers
     ProviderError
+    ├── RequestNotBuilt         the request could not even be built (a bad header or URL): a
+    │                           local fault, nothing left, never the order's
     └── TransportError          no answer came back
         ├── ConnectFailed       the request never left (refused, DNS, connect timeout)
         └── AnswerLost          the request may have arrived (read timeout, dropped connection)
 
-Nothing here raises a `requests` exception, and nothing here puts the token in a message.
+Nothing here raises a `requests` exception, and nothing here puts the token in a message. Every
+answer is redacted (`worker.redaction`) before it leaves this module: a proxy page that echoes the
+request's headers never carries the token into a table, a log or a terminal. At most
+`BODY_READ_BYTES` of a body are read, so a hostile or broken answer cannot exhaust memory.
 """
 
 import json
@@ -24,10 +29,13 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 from worker import __version__
+from worker.redaction import Redactor
 from worker.validation import clean_order_uuid
 
 USER_AGENT = f"fpcancel/{__version__} (+https://github.com/fpcancel/fpcancel)"
 BODY_KEEP_CHARS = 2000
+# The API's answers are a few hundred bytes; past this the rest is not read (and not JSON).
+BODY_READ_BYTES = 64 * 1024
 # The headers decisions read; everything else stays behind.
 KEPT_HEADERS = (
     "content-type",
@@ -64,6 +72,10 @@ class ProviderError(Exception):
         super().__init__(message)
         self.message = message
         self.duration_ms = duration_ms
+
+
+class RequestNotBuilt(ProviderError):
+    """The request could not be built (a header or URL `requests` refuses): nothing was sent."""
 
 
 class TransportError(ProviderError):
@@ -132,9 +144,11 @@ class FrontPaymentClient:
         read_timeout: float,
         pool_size: int = 8,
         session_factory: Any = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._auth_header = f"Bearer {token}"
+        self._redactor = redactor if redactor is not None else Redactor([token])
         self._timeout = (connect_timeout, read_timeout)
         self._pool_size = pool_size
         self._session_factory = session_factory or self._new_session
@@ -178,20 +192,28 @@ class FrontPaymentClient:
         if payload is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(payload).encode()
+        session = self._session()
+        try:
+            prepared = session.prepare_request(
+                requests.Request(method, url, data=data, headers=headers)
+            )
+        except (requests.RequestException, ValueError) as exc:
+            # Never the exception's text: it may quote the header it refused.
+            raise RequestNotBuilt(f"request not built: {type(exc).__name__}") from None
         started = perf_counter()
         try:
-            response = self._session().request(
-                method,
-                url,
-                data=data,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
+            response = session.send(
+                prepared, timeout=self._timeout, allow_redirects=False, stream=True
             )
-            raw = response.content
+            try:
+                raw = _read_capped(response)
+            finally:
+                response.close()
         except requests.RequestException as exc:
             raise _transport_error(exc, _ms_since(started)) from None
-        return parse_answer(response.status_code, raw, response.headers, _ms_since(started))
+        return parse_answer(
+            response.status_code, raw, response.headers, _ms_since(started), self._redactor
+        )
 
     def close(self) -> None:
         session = getattr(self._local, "session", None)
@@ -199,18 +221,37 @@ class FrontPaymentClient:
             session.close()
 
 
+def _read_capped(response: requests.Response) -> bytes:
+    """The body, or its first `BODY_READ_BYTES` when it is longer (the rest is left unread and
+    the connection closed)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=16 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= BODY_READ_BYTES:
+            break
+    return b"".join(chunks)[:BODY_READ_BYTES]
+
+
 def parse_answer(
-    status: int, raw: bytes, headers: Mapping[str, str], duration_ms: int = 0
+    status: int,
+    raw: bytes,
+    headers: Mapping[str, str],
+    duration_ms: int = 0,
+    redactor: Redactor | None = None,
 ) -> Answer:
-    """An `Answer` from what came over the wire; a body that is not JSON stays text."""
+    """An `Answer` from what came over the wire, secrets redacted; a body that is not JSON (or
+    was cut at `BODY_READ_BYTES`) stays text."""
+    redact = redactor or Redactor()
     text = raw.decode("utf-8", errors="replace")
     try:
         body: Any = json.loads(text) if text.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested past the parser's depth
         body = None
     lowered = {name.lower(): value for name, value in headers.items()}
-    kept = {name: lowered[name] for name in KEPT_HEADERS if name in lowered}
-    return Answer(status, body, text[:BODY_KEEP_CHARS], kept, duration_ms)
+    kept = {name: redact.text(lowered[name]) for name in KEPT_HEADERS if name in lowered}
+    return Answer(status, redact.data(body), redact.text(text)[:BODY_KEEP_CHARS], kept, duration_ms)
 
 
 def _ms_since(started: float) -> int:

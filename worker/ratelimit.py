@@ -29,6 +29,8 @@ PREFIX = "fpcancel:rate:"
 # A live waiter that stops asking (its worker died) stops holding bulk back after this long;
 # waiters ask again at least every ASK_AGAIN_SECONDS, so a live one never loses its place.
 LIVE_WAITER_TTL_MS = 3000
+# Pauses that are the setup's fault, not the rate's: they grow while the fault lasts.
+CONFIG_FAULTS = ("unauthorized", "misrouted", "not_sent")
 ASK_AGAIN_SECONDS = 1.0
 
 
@@ -146,7 +148,9 @@ class RedisLimiter:
         self._pause_keys = {
             "rate_limited": base + "pause:rate",
             "unauthorized": base + "pause:auth",
-            "misrouted": base + "pause:auth",  # both are configuration faults: one growing pause
+            # Configuration faults share one growing pause.
+            "misrouted": base + "pause:auth",
+            "not_sent": base + "pause:auth",
         }
         self._failures_key = base + "failures:"
         self._acquire = redis.register_script(_ACQUIRE)
@@ -194,7 +198,7 @@ class RedisLimiter:
         return int(count)
 
     def note_success(self) -> None:
-        self._redis.delete(self._failures_key + "unauthorized", self._failures_key + "misrouted")
+        self._redis.delete(*(self._failures_key + r for r in CONFIG_FAULTS))
 
 
 class LocalLimiter:
@@ -211,7 +215,7 @@ class LocalLimiter:
         self._failures: dict[str, int] = {}
 
     def _reason_key(self, reason: str) -> str:
-        return "auth" if reason in ("unauthorized", "misrouted") else reason
+        return "auth" if reason in CONFIG_FAULTS else reason
 
     def try_acquire(self, lane: str, caller: str) -> float:
         with self._lock:
@@ -264,8 +268,8 @@ class LocalLimiter:
 
     def note_success(self) -> None:
         with self._lock:
-            self._failures.pop("unauthorized", None)
-            self._failures.pop("misrouted", None)
+            for reason in CONFIG_FAULTS:
+                self._failures.pop(reason, None)
 
 
 def wait_for_slot(

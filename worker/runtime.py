@@ -87,6 +87,7 @@ def build_runtime(
             connect_timeout=settings.connect_timeout_seconds,
             read_timeout=settings.http_timeout_seconds,
             pool_size=concurrency,
+            redactor=settings.redactor,
         )
     return Runtime(
         settings=settings,

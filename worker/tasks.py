@@ -26,7 +26,7 @@ from worker.decisions import (
     classify_status_check,
     pause_seconds,
 )
-from worker.provider import Answer, TransportError
+from worker.provider import Answer, ProviderError
 from worker.ratelimit import wait_for_slot
 from worker.runtime import Runtime, current
 from worker.transitions import ClaimedJob, JobUpdate, after_cancel, after_status_check
@@ -147,10 +147,10 @@ def _call(
     if waited is None:
         return None
     started = runtime.clock()
-    result: Answer | TransportError
+    result: Answer | ProviderError
     try:
         result = send()
-    except TransportError as exc:
+    except ProviderError as exc:
         result = exc
     return Call(kind, started, runtime.clock(), waited, result)
 
@@ -163,7 +163,7 @@ class Call:
     started: datetime
     finished: datetime
     rate_wait_seconds: float
-    result: Answer | TransportError
+    result: Answer | ProviderError
 
 
 def _record(
@@ -218,7 +218,7 @@ def _record(
     )
 
 
-def _heed(runtime: Runtime, decision: Decision, result: Answer | TransportError) -> float:
+def _heed(runtime: Runtime, decision: Decision, result: Answer | ProviderError) -> float:
     """Pause the whole fleet when the provider says so; returns the pause in seconds."""
     limiter, settings = runtime.limiter, runtime.settings
     if decision.block is None:
@@ -241,7 +241,15 @@ def _heed(runtime: Runtime, decision: Decision, result: Answer | TransportError)
     seconds = pause_seconds(failures, settings.retry_base_seconds, settings.retry_max_seconds)
     limiter.pause(decision.block.value, seconds)
     status = result.status if isinstance(result, Answer) else "-"
-    if decision.block is Block.UNAUTHORIZED:
+    if decision.block is Block.NOT_SENT:
+        log.error(
+            "a request to the provider could not be built (%s, %d in a row): every worker pauses "
+            "calls for %.1f s; check FRONTPAYMENT_BASE_URL and FRONTPAYMENT_TOKEN",
+            result,
+            failures,
+            seconds,
+        )
+    elif decision.block is Block.UNAUTHORIZED:
         log.error(
             "provider refused the token (HTTP %s, %d in a row): every worker pauses calls for "
             "%.1f s; fix FRONTPAYMENT_TOKEN and restart the workers",
