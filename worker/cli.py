@@ -14,7 +14,7 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from worker import __version__
 from worker.errors import BadInput, FpcancelError, ServiceError
@@ -34,8 +34,13 @@ class BadInputError(click.ClickException):
 
 
 def fail(message: str, code: int) -> click.ClickException:
-    """A one-line reason and the SPEC's exit code (2 bad input, 1 anything else)."""
-    return BadInputError(message) if code == 2 else click.ClickException(message)
+    """A one-line reason and the SPEC's exit code (2 bad input, 1 anything else). Whatever the
+    reason quotes (a value, a database's error) is shown escaped: it cannot drive the terminal or
+    forge a line."""
+    from worker.textsafe import printable
+
+    shown = "\n".join(printable(line) for line in message.split("\n"))
+    return BadInputError(shown) if code == 2 else click.ClickException(shown)
 
 
 def handle_errors(func: F) -> F:
@@ -49,13 +54,21 @@ def handle_errors(func: F) -> F:
             raise
         except BadInput as exc:
             raise fail(str(exc), 2) from None
+        except DataError as exc:
+            # The validators should have refused the value first; if one slipped through, it is
+            # still the input's fault, and the transaction wrote nothing.
+            raise fail(f"the database refused a value: {_first_line(exc)}", 2) from None
         except (OperationalError, DBAPIError) as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            raise fail(f"database unreachable or failing: {reason}", 1) from None
+            raise fail(f"database unreachable or failing: {_first_line(exc)}", 1) from None
         except (FpcancelError, ServiceError) as exc:
             raise fail(str(exc), exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _first_line(exc: DBAPIError) -> str:
+    lines = str(exc.orig).strip().splitlines() if exc.orig else []
+    return lines[0] if lines else type(exc).__name__
 
 
 def settings() -> Settings:
@@ -70,6 +83,10 @@ def say(message: str) -> None:
     """Human text: to stderr, so stdout stays for what scripts read."""
     click.echo(message, err=True)
 
+
+# Ids and offsets are BIGINT in the tables: a larger number is bad input, not a database failure.
+BIGINT_MAX = 2**63 - 1
+JOB_ID = click.IntRange(1, BIGINT_MAX)
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout."
@@ -261,8 +278,20 @@ def enqueue_bulk_command(
     default=None,
     help="Serve Prometheus metrics on this port (/metrics).",
 )
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics listen on; 0.0.0.0 to let other hosts (Prometheus) reach them.",
+)
 @handle_errors
-def worker(concurrency: int, loglevel: str, log_format: str, metrics_port: int | None) -> None:
+def worker(
+    concurrency: int,
+    loglevel: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
     """Run a worker until SIGTERM: the Celery worker (threads) plus the scheduler.
 
     Refuses to start without FRONTPAYMENT_TOKEN, or with a plain-http base URL that is not
@@ -281,6 +310,7 @@ def worker(concurrency: int, loglevel: str, log_format: str, metrics_port: int |
         loglevel=loglevel.upper(),
         log_json=log_format == "json",
         metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
 
 
@@ -308,17 +338,18 @@ STATUS_CHOICE = click.Choice(
 
 
 def parse_time(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time as an aware UTC datetime; no zone means UTC."""
     if value is None:
         return None
     from datetime import UTC
 
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise fail(
-            f"{name}: {value!r} is not an ISO 8601 time (e.g. 2026-11-27T08:00:00Z)", 2
+            f"{name}: {value[:40]!r} is not an ISO 8601 time (e.g. 2026-11-27T08:00:00Z)", 2
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @jobs.command("list")
@@ -337,7 +368,11 @@ def parse_time(value: str | None, name: str) -> datetime | None:
 @click.option("--until", default=None, help="Created before this ISO 8601 time.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option(
-    "--offset", type=click.IntRange(0), default=0, show_default=True, help="Skip this many first."
+    "--offset",
+    type=click.IntRange(0, BIGINT_MAX),
+    default=0,
+    show_default=True,
+    help="Skip this many first.",
 )
 @json_option
 @click.option(
@@ -397,7 +432,7 @@ def jobs_list(
 
 
 @jobs.command("show")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @json_option
 @handle_errors
 def jobs_show(job_id: int, as_json: bool) -> None:
@@ -418,7 +453,7 @@ def jobs_show(job_id: int, as_json: bool) -> None:
 
 
 @jobs.command("retry")
-@click.argument("job_ids", nargs=-1, type=int)
+@click.argument("job_ids", nargs=-1, type=JOB_ID)
 @click.option(
     "--status",
     "statuses",
@@ -627,15 +662,33 @@ def sandbox(
         )
     except ValueError as exc:
         raise fail(f"--rate-limit: {exc}", 2) from None
-    server = sb.SandboxServer(
-        host, port, token=token, rate_limit=limit, unknown_orders=unknown_orders, verbose=verbose
-    )
+    try:
+        server = sb.SandboxServer(
+            host,
+            port,
+            token=token,
+            rate_limit=limit,
+            unknown_orders=unknown_orders,
+            verbose=verbose,
+        )
+    except ValueError as exc:
+        raise fail(f"--token: {exc}", 2) from None
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1) from None
     if scenario is not None:
         try:
             server.load_scenario(json.load(scenario))
         except (ValueError, TypeError, KeyError) as exc:
             raise fail(f"--scenario: {exc}", 2) from None
     say(f"sandbox listening: FRONTPAYMENT_BASE_URL={server.base_url}")
+    from worker.settings import is_loopback_host
+
+    if not is_loopback_host(host):
+        say(
+            f"WARNING: the sandbox listens on {host}, beyond this machine: its /_sandbox/ control "
+            "endpoints have no authentication, so anyone who reaches it can rewrite its orders "
+            "and read its call log. Bind it to 127.0.0.1 unless that is what you want."
+        )
     server.serve_forever()
 
 

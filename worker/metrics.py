@@ -34,6 +34,6 @@ RESENT = Counter("fpcancel_scheduler_resent", "Jobs sent again because their mes
 RECLAIMED = Counter("fpcancel_scheduler_reclaimed", "Jobs taken back from a worker that died")
 
 
-def serve(port: int, host: str = "0.0.0.0") -> None:
-    """Serve /metrics on `port` from a daemon thread."""
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on `host`:`port` from a daemon thread (loopback unless told otherwise)."""
     start_http_server(port, addr=host)

@@ -62,14 +62,15 @@ def run_worker(
     loglevel: str = "INFO",
     log_json: bool = False,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     runtime: Runtime | None = None,
 ) -> None:
     """Serve until SIGTERM (or SIGINT): calls in flight finish, waiting jobs go back."""
-    setup_logging(loglevel, as_json=log_json, secrets=[settings.token_value])
+    setup_logging(loglevel, as_json=log_json, redactor=settings.redactor)
     if metrics_port is not None:
         from worker import metrics
 
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_host)
     runtime = runtime or build_runtime(settings, concurrency=concurrency, with_client=True)
     preflight(runtime)
     install(runtime)

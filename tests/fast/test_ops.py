@@ -509,7 +509,7 @@ def test_jobs_show_lists_every_attempt_one_line_each(
     assert "Something Went Wrong #1" in lines[0]
     assert '{"status_code": 510' in lines[0]
     assert "[bold]not markup[/bold]" in lines[15]
-    assert len(lines[15]) <= 240 and "<html> yyy" in lines[15]
+    assert len(lines[15]) <= 240 and "<html>\\nyyy" in lines[15]  # the line break shown, not obeyed
     data = json.loads(fpcancel(env, "jobs", "show", str(job_id), "--json").stdout)
     assert [c["number"] for c in data["calls"]] == list(range(1, 17))
 
