@@ -634,7 +634,7 @@ def sandbox(
     Serves POST /api/v1/connect/orders/cancel/{id} and GET /api/v1/connect/orders/status/{id}
     with every documented answer, checks the token and the payload, counts calls against the
     rate limit the way the provider's Laravel does (or with a sliding window), sends its headers
-    and 429s, and misbehaves on request per order (script steps: 510, 503:retry-after=2,
+    and 429s, and misbehaves on request per order (script steps: 510, 417, 503:retry-after=2,
     502-html, slow:S, late:S, drop, 401, 429, ...). Control endpoints live under /_sandbox/;
     GET /_sandbox/stats counts admitted calls, 429s and the most admitted in any window.
     Point workers at it with FRONTPAYMENT_BASE_URL=http://127.0.0.1:PORT/api/v1.

@@ -48,6 +48,7 @@ Scripts make an order misbehave on purpose. ``script`` steps are consumed one pe
 ``NNN:text``                the same with ``message`` set to ``text``
 ``NNN:retry-after=S``       adds ``Retry-After: S`` (combines: ``400:text:retry-after=S``)
 ``NNN-html``                nginx's HTML error page with that status (``502-html``, ``504-html``)
+``417``                     the documented 417 ``payloadValidationErrors`` with field ``errors``
 ``401`` / ``429``           Laravel's ``Unauthenticated.`` / ``Too Many Attempts.`` (retry 1 s)
 ``slow:S``                  wait S seconds, then real behaviour
 ``late:S``                  real behaviour at once (the cancel takes effect), answer S seconds later
@@ -363,6 +364,8 @@ _NOT_CANCELLABLE_BODY: Final = _error_body(
 _EXECUTION_BODY: Final = _error_body(
     510, "Execution Exception Occurred", "Something Went Wrong", "Array"
 )
+# What a scripted bare `417` step says is wrong: a refusal the real validation would not make.
+_SCRIPTED_NOTE_ERROR: Final = "The cancellation note field format is invalid."
 _UNAUTHENTICATED_BODY: Final = _json_bytes({"message": "Unauthenticated."})
 _TOO_MANY_BODY: Final = _json_bytes({"message": "Too Many Attempts."})
 _BASE_HEADERS: Final = (("cache-control", "no-cache, private"),)
@@ -847,6 +850,13 @@ class _SandboxState:
             return _Answer(429, body, headers=headers)
         elif code == 510 and step.message is None:
             body = _EXECUTION_BODY
+        elif code == 417:
+            body = _error_body(
+                417,
+                "Client Error",
+                step.message or "payloadValidationErrors",
+                {"cancellationNote": [_SCRIPTED_NOTE_ERROR]},
+            )
         elif code == 400:
             body = _error_body(
                 400,

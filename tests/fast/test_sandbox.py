@@ -780,6 +780,28 @@ def test_stats_count_admitted_refused_and_the_worst_window(
     assert server.stats()["rate"]["worst_window"] is None
 
 
+# --- the documented 417 ----------------------------------------------------------------------------
+
+
+def test_scripted_417_answers_the_documented_validation_error(
+    sandbox: SandboxServer, client: requests.Session
+) -> None:
+    """A bare '417' step answers payloadValidationErrors with field errors and cancels nothing;
+    '417:text' sets the message."""
+    sandbox.set_order("ODR470", script=["417", "417:somethingElse"])
+    answer = cancel(client, sandbox, "ODR470")
+    assert answer.status_code == 417
+    assert answer.json() == {
+        "status_code": 417,
+        "status_message": "Client Error",
+        "message": "payloadValidationErrors",
+        "is_error": True,
+        "errors": {"cancellationNote": ["The cancellation note field format is invalid."]},
+    }
+    assert cancel(client, sandbox, "ODR470").json()["message"] == "somethingElse"
+    assert order_status(client, sandbox, "ODR470") == "SENT"
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 
