@@ -618,7 +618,25 @@ def demo() -> None:
     "--rate-limit",
     default="240/60",
     show_default=True,
-    help="CALLS/SECONDS before answering 429, or 'off'.",
+    help="CALLS/SECONDS per token before answering 429, or 'off'.",
+)
+@click.option(
+    "--rate-mode",
+    type=click.Choice(["laravel", "sliding"]),
+    default="laravel",
+    show_default=True,
+    help="How calls are counted. laravel: as the provider does, a fixed window per token that "
+    "opens at the first call after the last one expired, x-ratelimit-remaining counting down, "
+    "429 with Retry-After and X-RateLimit-Reset in whole seconds. sliding: at most CALLS in any "
+    "SECONDS.",
+)
+@click.option(
+    "--answer-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="S",
+    help="Answer every API call S seconds after it arrived (counted at arrival), e.g. 0.03.",
 )
 @click.option(
     "--scenario",
@@ -640,6 +658,8 @@ def sandbox(
     port: int,
     token: str | None,
     rate_limit: str,
+    rate_mode: str,
+    answer_delay: float,
     scenario: Any,
     unknown_orders: str,
     verbose: bool,
@@ -647,9 +667,11 @@ def sandbox(
     """A local stand-in for Front Payment's API, for demos, tests and your own integration work.
 
     Serves POST /api/v1/connect/orders/cancel/{id} and GET /api/v1/connect/orders/status/{id}
-    with every documented answer, checks the token and the payload, sends rate-limit headers
-    and 429s, and misbehaves on request per order (script steps: 510, 503:retry-after=2,
-    502-html, slow:S, late:S, drop, 401, 429, ...). Control endpoints live under /_sandbox/.
+    with every documented answer, checks the token and the payload, counts calls against the
+    rate limit the way the provider's Laravel does (or with a sliding window), sends its headers
+    and 429s, and misbehaves on request per order (script steps: 510, 417, 503:retry-after=2,
+    502-html, slow:S, late:S, drop, 401, 429, ...). Control endpoints live under /_sandbox/;
+    GET /_sandbox/stats counts admitted calls, 429s and the most admitted in any window.
     Point workers at it with FRONTPAYMENT_BASE_URL=http://127.0.0.1:PORT/api/v1.
     """
     from worker import sandbox as sb
@@ -668,6 +690,8 @@ def sandbox(
             port,
             token=token,
             rate_limit=limit,
+            rate_mode=rate_mode,
+            answer_delay_seconds=answer_delay,
             unknown_orders=unknown_orders,
             verbose=verbose,
         )

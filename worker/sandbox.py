@@ -8,6 +8,30 @@
 Any other path gets nginx's HTML 404, as a wrong URL does in production. A provider call is checked
 in this order: bearer token (401), rate limit (429), the order's next scripted step, real behaviour.
 
+Rate limit, per bearer token, ``N`` calls per ``W`` seconds (``rate_limit=(N, W)``), in one of two
+modes (``rate_mode``):
+
+- ``"laravel"`` (the default) counts as the provider does, with Laravel's ``ThrottleRequests``
+  middleware and ``RateLimiter::hit``: a fixed window per key that opens at the first call arriving
+  after the previous window expired and lasts W; up to N calls are admitted in it. An admitted call
+  carries ``x-ratelimit-limit: N`` and ``x-ratelimit-remaining: N - hits``, read when the answer is
+  built (after the answer delay or a ``slow:S`` step), as Laravel reads it after the controller
+  ran: calls that arrived meanwhile count, and a window that expired meanwhile reads as N. Past N
+  the answer is 429 ``{"message": "Too Many Attempts."}`` with ``x-ratelimit-remaining: 0``,
+  ``Retry-After`` and ``X-RateLimit-Reset``, in Laravel's whole-second maths: the window's timer is
+  ``floor(opened + W)`` in epoch seconds, ``Retry-After = timer - floor(now)`` and
+  ``X-RateLimit-Reset = floor(now) + Retry-After``. So, as in production, ``Retry-After`` can be up
+  to a second short of the window's real end and the reset time up to a second early. Refused calls
+  are not counted and never open a window. Deviations from Laravel: W may be fractional (tests use
+  sub-second windows; times are kept as floats, as Redis's millisecond expiry keeps them), and
+  ``Retry-After`` is at least 1 where Laravel's ``max(0, ...)`` sends 0 in the last fraction of a
+  second before the window ends.
+- ``"sliding"``: a strict sliding window, at most N admitted calls in any W seconds; ``Retry-After``
+  is the wait until the oldest admitted call leaves the window, rounded up.
+
+``answer_delay_seconds`` makes every provider call answer that long after it arrived (the call is
+counted at its arrival), to simulate a provider that takes, say, 30 ms per answer.
+
 Real behaviour: SENT and INVOICED orders become CANCELLED (202); PAID gives 400
 ``orderStatusAlreadyPaid``; CANCELLED and REFUNDED give 400 ``orderStatusNotCancellable``; MISSING
 orders and malformed ids give 404 ``orderNotFound``; a payload without a usable ``cancellationNote``
@@ -24,6 +48,7 @@ Scripts make an order misbehave on purpose. ``script`` steps are consumed one pe
 ``NNN:text``                the same with ``message`` set to ``text``
 ``NNN:retry-after=S``       adds ``Retry-After: S`` (combines: ``400:text:retry-after=S``)
 ``NNN-html``                nginx's HTML error page with that status (``502-html``, ``504-html``)
+``417``                     the documented 417 ``payloadValidationErrors`` with field ``errors``
 ``401`` / ``429``           Laravel's ``Unauthenticated.`` / ``Too Many Attempts.`` (retry 1 s)
 ``slow:S``                  wait S seconds, then real behaviour
 ``late:S``                  real behaviour at once (the cancel takes effect), answer S seconds later
@@ -33,7 +58,16 @@ Scripts make an order misbehave on purpose. ``script`` steps are consumed one pe
 
 Control endpoints under ``/_sandbox/`` (no auth, no rate limit) let ``SandboxControl`` drive a
 sandbox in another process: ``PUT|GET /_sandbox/orders/{id}``, ``GET|DELETE /_sandbox/calls``,
-``PUT /_sandbox/config``, ``POST /_sandbox/scenario``, ``GET /_sandbox/stats``.
+``PUT /_sandbox/config`` (keys ``token``, ``rate_limit``, ``rate_mode``, ``answer_delay_seconds``,
+``unknown_orders``, ``max_note_length``), ``POST /_sandbox/scenario`` (``orders`` and the same
+keys), ``GET /_sandbox/stats``.
+
+Rate accounting: every logged call says whether the rate limit refused it (``throttled``); the
+stats' ``rate`` object counts ``admitted`` calls (authorized API calls the limit let through),
+``refused`` ones (the limit's 429s) and the ``worst_window``: the most admitted calls whose arrival
+times fall within any W seconds, the promise "never more than N calls in any W seconds" checked by
+a sliding scan. ``admitted_arrivals``, ``max_calls_in_window`` and ``fixed_windows`` compute the
+same from a call log, for benchmarks.
 
 The bearer token is never kept: the server holds only its SHA-256 digest, and the call log records
 whether a call was authorized, never the header.
@@ -59,6 +93,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,9 +102,13 @@ from typing import Any, Final
 
 __all__ = [
     "ORDER_STATUSES",
+    "RATE_MODES",
     "OrderScript",
     "SandboxControl",
     "SandboxServer",
+    "admitted_arrivals",
+    "fixed_windows",
+    "max_calls_in_window",
     "parse_rate_limit",
 ]
 
@@ -81,6 +120,15 @@ CONTROL_PREFIX: Final = "/_sandbox"
 
 ORDER_STATUSES: Final = frozenset({"SENT", "PAID", "INVOICED", "CANCELLED", "REFUNDED", "MISSING"})
 UNKNOWN_ORDER_MODES: Final = ("open", "missing")
+RATE_MODES: Final = ("laravel", "sliding")
+CONFIG_KEYS: Final = (
+    "token",
+    "rate_limit",
+    "rate_mode",
+    "answer_delay_seconds",
+    "unknown_orders",
+    "max_note_length",
+)
 CALL_KINDS: Final = ("cancel", "status", "other")
 
 _ORDER_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -136,6 +184,23 @@ def _coerce_rate_limit(value: object) -> tuple[int, float] | None:
     )
 
 
+def _check_rate_mode(mode: object) -> str:
+    if not isinstance(mode, str) or mode not in RATE_MODES:
+        raise ValueError(f"rate_mode must be one of {list(RATE_MODES)}; got {mode!r}")
+    return mode
+
+
+def _check_delay(seconds: object, name: str = "answer_delay_seconds") -> float:
+    if (
+        not isinstance(seconds, (int, float))
+        or isinstance(seconds, bool)
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
+        raise ValueError(f"{name} must be a number of seconds, 0 or more; got {seconds!r}")
+    return float(seconds)
+
+
 def _check_order_id(order_id: object) -> str:
     if not isinstance(order_id, str) or not _ORDER_ID_RE.fullmatch(order_id):
         raise ValueError(f"order id must be 1-64 characters of A-Za-z0-9_-; got {order_id!r}")
@@ -174,6 +239,9 @@ class _Step:
     message: str | None = None
     retry_after: int | None = None
     seconds: float = 0.0
+
+
+_REAL_STEP: Final = _Step("real", "real")
 
 
 def _parse_step(text: object) -> _Step:
@@ -296,6 +364,8 @@ _NOT_CANCELLABLE_BODY: Final = _error_body(
 _EXECUTION_BODY: Final = _error_body(
     510, "Execution Exception Occurred", "Something Went Wrong", "Array"
 )
+# What a scripted bare `417` step says is wrong: a refusal the real validation would not make.
+_SCRIPTED_NOTE_ERROR: Final = "The cancellation note field format is invalid."
 _UNAUTHENTICATED_BODY: Final = _json_bytes({"message": "Unauthenticated."})
 _TOO_MANY_BODY: Final = _json_bytes({"message": "Too Many Attempts."})
 _BASE_HEADERS: Final = (("cache-control", "no-cache, private"),)
@@ -363,24 +433,132 @@ class _ProviderRequest:
     payload: Any
 
 
-class _SlidingWindow:
-    """Strict sliding window per key: at most N accepted calls in any W seconds."""
+@dataclass(frozen=True)
+class _Admission:
+    """A rate-limit verdict; ``retry_after`` and ``reset_epoch`` are for refusals only."""
+
+    admitted: bool
+    retry_after: int = 0
+    reset_epoch: int = 0
+
+
+@dataclass
+class _Window:
+    """One key's Laravel window: when it opened and the calls it admitted."""
+
+    opened_at: float
+    hits: int = 0
+
+
+class _LaravelWindow:
+    """Laravel's ``RateLimiter``: per key, a fixed window that the first call after the previous
+    one expired opens; up to N hits in it. Times are epoch seconds (floats)."""
+
+    mode = "laravel"
 
     def __init__(self, limit: tuple[int, float]) -> None:
         self.calls, self.seconds = limit
-        self._accepted: dict[bytes, deque[float]] = {}
+        self._windows: dict[bytes, _Window] = {}
 
-    def admit(self, key: bytes, now: float) -> tuple[bool, int, int]:
-        """Return (accepted, remaining, retry_after_seconds); refused calls are not counted."""
-        window = self._accepted.setdefault(key, deque())
+    def _open_window(self, key: bytes, now: float) -> _Window | None:
+        window = self._windows.get(key)
+        if window is None or now >= window.opened_at + self.seconds:
+            return None  # expired: the cache has forgotten the counter and the timer
+        return window
+
+    def admit(self, key: bytes, now: float) -> _Admission:
+        """``tooManyAttempts`` then ``hit``: refused calls are not counted."""
+        window = self._open_window(key, now)
+        if window is None:
+            window = self._windows[key] = _Window(now)
+        if window.hits >= self.calls:
+            # availableIn(): the timer holds floor(opened + W); both sides are whole seconds.
+            timer = math.floor(window.opened_at + self.seconds)
+            retry_after = max(1, timer - math.floor(now))
+            return _Admission(False, retry_after, math.floor(now) + retry_after)
+        window.hits += 1
+        return _Admission(True)
+
+    def remaining(self, key: bytes, now: float) -> int:
+        """``retriesLeft``: N minus the hits of the window open at ``now`` (N if none is)."""
+        window = self._open_window(key, now)
+        return max(0, self.calls - (0 if window is None else window.hits))
+
+
+class _SlidingWindow:
+    """Strict sliding window per key: at most N admitted calls in any W seconds."""
+
+    mode = "sliding"
+
+    def __init__(self, limit: tuple[int, float]) -> None:
+        self.calls, self.seconds = limit
+        self._admitted: dict[bytes, deque[float]] = {}
+
+    def _window(self, key: bytes, now: float) -> deque[float]:
+        window = self._admitted.setdefault(key, deque())
         horizon = now - self.seconds
         while window and window[0] <= horizon:
             window.popleft()
+        return window
+
+    def admit(self, key: bytes, now: float) -> _Admission:
+        """Refused calls are not counted."""
+        window = self._window(key, now)
         if len(window) >= self.calls:
-            wait = window[0] + self.seconds - now
-            return False, 0, max(1, math.ceil(wait))
+            retry_after = max(1, math.ceil(window[0] + self.seconds - now))
+            return _Admission(False, retry_after, int(now) + retry_after)
         window.append(now)
-        return True, self.calls - len(window), 0
+        return _Admission(True)
+
+    def remaining(self, key: bytes, now: float) -> int:
+        return max(0, self.calls - len(self._window(key, now)))
+
+
+_Limiter = _LaravelWindow | _SlidingWindow
+
+
+def _make_limiter(limit: tuple[int, float] | None, mode: str) -> _Limiter | None:
+    if limit is None:
+        return None
+    return _LaravelWindow(limit) if mode == "laravel" else _SlidingWindow(limit)
+
+
+# --- rate accounting -----------------------------------------------------------------------------
+
+
+def admitted_arrivals(calls: Iterable[Mapping[str, Any]]) -> list[float]:
+    """Arrival times (epoch seconds, sorted) of the calls the rate limit let through: authorized
+    cancel and status calls that were not refused with a 429 by the limit."""
+    return sorted(
+        float(call["time"])
+        for call in calls
+        if call["authorized"] and call["kind"] != "other" and not call.get("throttled", False)
+    )
+
+
+def max_calls_in_window(arrivals: Sequence[float], window_seconds: float) -> int:
+    """The most arrivals within any ``window_seconds`` (a half-open span ``[t, t + W)``, as a
+    Laravel window is): what "never more than N calls in any W seconds" is checked against.
+    ``arrivals`` must be sorted."""
+    worst = first = 0
+    for last, at in enumerate(arrivals):
+        while at - arrivals[first] >= window_seconds:
+            first += 1
+        worst = max(worst, last - first + 1)
+    return worst
+
+
+def fixed_windows(arrivals: Sequence[float], window_seconds: float) -> list[tuple[float, int]]:
+    """The provider's windows as Laravel opens them from admitted arrivals (sorted): each opens at
+    the first arrival at or after the previous one's end; ``[(opened_at, calls), ...]``."""
+    windows: list[tuple[float, int]] = []
+    for at in arrivals:
+        if windows and at < windows[-1][0] + window_seconds:
+            opened, count = windows[-1]
+            windows[-1] = (opened, count + 1)
+        else:
+            windows.append((at, 1))
+    return windows
 
 
 # --- the sandbox's state and behaviour -----------------------------------------------------------
@@ -395,20 +573,30 @@ class _SandboxState:
         rate_limit: tuple[int, float] | None,
         unknown_orders: str,
         max_note_length: int,
+        *,
+        rate_mode: str = "laravel",
+        answer_delay_seconds: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.lock = threading.Lock()
+        self.clock = clock
         self.orders: dict[str, OrderScript] = {}
         self.calls: list[dict[str, Any]] = []
         self.seq = 0
         self.by_status: dict[str, int] = {}
         self.token_digest: bytes | None = None
-        self.limiter: _SlidingWindow | None = None
+        self.rate_limit: tuple[int, float] | None = None
+        self.rate_mode = "laravel"
+        self.limiter: _Limiter | None = None
+        self.answer_delay_seconds = 0.0
         self.unknown_orders = "open"
         self.max_note_length = 1000
         self.configure(
             {
                 "token": token,
                 "rate_limit": rate_limit,
+                "rate_mode": rate_mode,
+                "answer_delay_seconds": answer_delay_seconds,
                 "unknown_orders": unknown_orders,
                 "max_note_length": max_note_length,
             }
@@ -417,8 +605,10 @@ class _SandboxState:
     # configuration ------------------------------------------------------------------------------
 
     def configure(self, config: dict[str, Any]) -> None:
-        """Validate every given setting, then apply them together; absent keys stay as they are."""
-        unknown = set(config) - {"token", "rate_limit", "unknown_orders", "max_note_length"}
+        """Validate every given setting, then apply them together; absent keys stay as they are.
+
+        A new ``rate_limit`` or ``rate_mode`` starts every key's window empty."""
+        unknown = set(config) - set(CONFIG_KEYS)
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         updates: dict[str, Any] = {}
@@ -426,8 +616,11 @@ class _SandboxState:
             token = _check_token(config["token"])
             updates["token_digest"] = None if token is None else _digest(token)
         if "rate_limit" in config:
-            limit = _coerce_rate_limit(config["rate_limit"])
-            updates["limiter"] = None if limit is None else _SlidingWindow(limit)
+            updates["rate_limit"] = _coerce_rate_limit(config["rate_limit"])
+        if "rate_mode" in config:
+            updates["rate_mode"] = _check_rate_mode(config["rate_mode"])
+        if "answer_delay_seconds" in config:
+            updates["answer_delay_seconds"] = _check_delay(config["answer_delay_seconds"])
         if "unknown_orders" in config:
             mode = config["unknown_orders"]
             if mode not in UNKNOWN_ORDER_MODES:
@@ -443,6 +636,8 @@ class _SandboxState:
         with self.lock:
             for name, value in updates.items():
                 setattr(self, name, value)
+            if "rate_limit" in updates or "rate_mode" in updates:
+                self.limiter = _make_limiter(self.rate_limit, self.rate_mode)
 
     def set_order(self, order_id: str, status: str, script: object, status_script: object) -> None:
         entry = OrderScript(
@@ -458,7 +653,7 @@ class _SandboxState:
         """Replace every order with the scenario's and apply its config; all validated first."""
         if not isinstance(data, dict):
             raise ValueError("a scenario must be a JSON object")
-        unknown = set(data) - {"orders", "token", "rate_limit", "unknown_orders", "max_note_length"}
+        unknown = set(data) - {"orders", *CONFIG_KEYS}
         if unknown:
             raise ValueError(f"unknown scenario keys: {sorted(unknown)}")
         raw_orders = data.get("orders", {})
@@ -509,44 +704,75 @@ class _SandboxState:
             orders: dict[str, int] = {}
             for entry in self.orders.values():
                 orders[entry.status] = orders.get(entry.status, 0) + 1
-            return {"calls": len(self.calls), "by_status": dict(self.by_status), "orders": orders}
+            arrivals = admitted_arrivals(self.calls)
+            refused = sum(1 for call in self.calls if call["throttled"])
+            limit = self.rate_limit
+            return {
+                "calls": len(self.calls),
+                "by_status": dict(self.by_status),
+                "orders": orders,
+                "rate": {
+                    "mode": self.rate_mode,
+                    "limit": None if limit is None else limit[0],
+                    "window_seconds": None if limit is None else limit[1],
+                    "admitted": len(arrivals),
+                    "refused": refused,
+                    "worst_window": (
+                        None if limit is None else max_calls_in_window(arrivals, limit[1])
+                    ),
+                },
+            }
 
     # provider calls -----------------------------------------------------------------------------
 
     def provider_call(self, request: _ProviderRequest) -> _Answer:
-        """Answer one provider call: auth, rate limit, scripted step, real behaviour; and log it."""
+        """Answer one provider call: auth, rate limit, scripted step, real behaviour; and log it.
+
+        The answer leaves ``answer_delay_seconds`` after the call arrived (plus a ``slow:S``
+        step's S); the order changes and the rate-limit headers are read when it does."""
+        with self.lock:
+            due = request.arrival_monotonic + self.answer_delay_seconds
+            early = self._screen(request)
+            step = _REAL_STEP if early is not None else self._next_step(request)
+        if early is not None:
+            _sleep_until(due)
+            return early
+        if step.action == "slow":
+            due += step.seconds
+        _sleep_until(due)
+        with self.lock:
+            return self._finish(request, step)
+
+    def _screen(self, request: _ProviderRequest) -> _Answer | None:
+        """The answer for a call that never reaches the API (wrong URL, no token, over the
+        limit), logged; None for an admitted call (counted by the limiter)."""
         if request.kind == "other":
-            with self.lock:
-                authorized = self._authorized(request.bearer)
-                answer = _html_answer(404)
-                self._log(request, authorized, answer.status, "real")
+            answer = _html_answer(404)
+            self._log(request, self._authorized(request.bearer), answer.status, "real")
             return answer
-        with self.lock:
-            if not self._authorized(request.bearer):
-                answer = _Answer(401, _UNAUTHENTICATED_BODY, headers=list(_BASE_HEADERS))
-                self._log(request, False, answer.status, "real")
-                return answer
-            limit_headers: list[tuple[str, str]] = []
-            if self.limiter is not None:
-                # Only authorized callers get here: the digest of a non-empty bearer is the key.
-                key = _digest(request.bearer or "")
-                accepted, remaining, retry_after = self.limiter.admit(
-                    key, request.arrival_monotonic
-                )
-                if not accepted:
-                    answer = self._too_many(retry_after)
-                    self._log(request, True, answer.status, "real")
-                    return answer
-                limit_headers = [
-                    ("x-ratelimit-limit", str(self.limiter.calls)),
-                    ("x-ratelimit-remaining", str(remaining)),
-                ]
-            step = self._next_step(request)
-            if step.action != "slow":
-                return self._finish(request, step, limit_headers)
-        time.sleep(step.seconds)
-        with self.lock:
-            return self._finish(request, step, limit_headers)
+        if not self._authorized(request.bearer):
+            answer = _Answer(401, _UNAUTHENTICATED_BODY, headers=list(_BASE_HEADERS))
+            self._log(request, False, answer.status, "real")
+            return answer
+        if self.limiter is None:
+            return None
+        # Only authorized callers get here: the digest of a non-empty bearer is the key.
+        admission = self.limiter.admit(_digest(request.bearer or ""), request.arrival)
+        if admission.admitted:
+            return None
+        answer = self._too_many(admission.retry_after, admission.reset_epoch)
+        self._log(request, True, answer.status, "real", throttled=True)
+        return answer
+
+    def _limit_headers(self, request: _ProviderRequest) -> list[tuple[str, str]]:
+        """``x-ratelimit-*`` as Laravel adds them after the controller ran: remaining read now."""
+        if self.limiter is None:
+            return []
+        remaining = self.limiter.remaining(_digest(request.bearer or ""), self.clock())
+        return [
+            ("x-ratelimit-limit", str(self.limiter.calls)),
+            ("x-ratelimit-remaining", str(remaining)),
+        ]
 
     def _authorized(self, bearer: str | None) -> bool:
         if not bearer:
@@ -555,11 +781,11 @@ class _SandboxState:
             return True
         return hmac.compare_digest(_digest(bearer), self.token_digest)
 
-    def _too_many(self, retry_after: int) -> _Answer:
+    def _too_many(self, retry_after: int, reset_epoch: int) -> _Answer:
         headers = [
             *_BASE_HEADERS,
             ("Retry-After", str(retry_after)),
-            ("X-RateLimit-Reset", str(int(time.time()) + retry_after)),
+            ("X-RateLimit-Reset", str(reset_epoch)),
         ]
         if self.limiter is not None:
             headers += [
@@ -574,12 +800,11 @@ class _SandboxState:
             script = entry.script if request.kind == "cancel" else entry.status_script
             if script:
                 return _parse_step(script.pop(0))
-        return _Step("real", "real")
+        return _REAL_STEP
 
-    def _finish(
-        self, request: _ProviderRequest, step: _Step, limit_headers: list[tuple[str, str]]
-    ) -> _Answer:
+    def _finish(self, request: _ProviderRequest, step: _Step) -> _Answer:
         """Apply the step (under the lock), log the call and return what to send."""
+        limit_headers = self._limit_headers(request)
         if step.action == "answer":
             answer = self._scripted_answer(step)
             if step.code == 429:
@@ -620,11 +845,18 @@ class _SandboxState:
             retry_after = 1 if step.retry_after is None else step.retry_after
             headers += [
                 ("Retry-After", str(retry_after)),
-                ("X-RateLimit-Reset", str(int(time.time()) + retry_after)),
+                ("X-RateLimit-Reset", str(math.floor(self.clock()) + retry_after)),
             ]
             return _Answer(429, body, headers=headers)
         elif code == 510 and step.message is None:
             body = _EXECUTION_BODY
+        elif code == 417:
+            body = _error_body(
+                417,
+                "Client Error",
+                step.message or "payloadValidationErrors",
+                {"cancellationNote": [_SCRIPTED_NOTE_ERROR]},
+            )
         elif code == 400:
             body = _error_body(
                 400,
@@ -685,7 +917,13 @@ class _SandboxState:
         return _Answer(400, _NOT_CANCELLABLE_BODY)
 
     def _log(
-        self, request: _ProviderRequest, authorized: bool, status: int | None, step: str
+        self,
+        request: _ProviderRequest,
+        authorized: bool,
+        status: int | None,
+        step: str,
+        *,
+        throttled: bool = False,
     ) -> None:
         self.seq += 1
         self.calls.append(
@@ -700,6 +938,7 @@ class _SandboxState:
                 "body": request.payload,
                 "status": status,
                 "step": step,
+                "throttled": throttled,
             }
         )
         key = "dropped" if status is None else str(status)
@@ -789,7 +1028,7 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def _dispatch(self) -> None:
-        arrival = (time.time(), time.monotonic())
+        arrival = (self.server.state.clock(), time.monotonic())
         raw = self._read_body()
         if raw is None:
             return
@@ -965,6 +1204,12 @@ def _control_answer(status: int, data: object) -> _Answer:
     return _Answer(status, _json_bytes(data))
 
 
+def _sleep_until(due_monotonic: float) -> None:
+    wait = due_monotonic - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
+
+
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -977,8 +1222,12 @@ class SandboxServer:
 
     ``port=0`` picks a free port (see ``port``/``base_url``); the socket is bound at construction.
     ``token=None`` accepts any non-empty bearer; ``rate_limit=(N, W)`` allows N calls per W seconds
-    per token (``None``: unlimited); ``unknown_orders`` is ``"open"`` (unregistered orders exist as
-    SENT) or ``"missing"``. Use as a context manager, or ``start()``/``stop()``.
+    per token (``None``: unlimited), counted as ``rate_mode`` says (``"laravel"``: fixed windows
+    opened by the first call, as the provider counts; ``"sliding"``: a strict sliding window);
+    ``answer_delay_seconds`` delays every answer; ``unknown_orders`` is ``"open"`` (unregistered
+    orders exist as SENT) or ``"missing"``. ``clock`` gives the time in epoch seconds that calls
+    are stamped and counted with (tests inject one). Use as a context manager, or
+    ``start()``/``stop()``.
     """
 
     def __init__(
@@ -988,11 +1237,22 @@ class SandboxServer:
         *,
         token: str | None = None,
         rate_limit: tuple[int, float] | None = (240, 60.0),
+        rate_mode: str = "laravel",
+        answer_delay_seconds: float = 0.0,
         unknown_orders: str = "open",
         max_note_length: int = 1000,
         verbose: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._state = _SandboxState(token, rate_limit, unknown_orders, max_note_length)
+        self._state = _SandboxState(
+            token,
+            rate_limit,
+            unknown_orders,
+            max_note_length,
+            rate_mode=rate_mode,
+            answer_delay_seconds=answer_delay_seconds,
+            clock=clock,
+        )
         self._host = host
         self._httpd = _HTTPServer((host, port), self._state, verbose)
         self._thread: threading.Thread | None = None
@@ -1096,21 +1356,37 @@ class SandboxServer:
         """Require this bearer token from now on; None accepts any non-empty bearer."""
         self._state.configure({"token": token})
 
-    def set_rate_limit(self, rate_limit: tuple[int, float] | str | None) -> None:
-        """Switch the rate limit (``(20, 2.0)``, ``"20/2"`` or None); windows start empty."""
-        self._state.configure({"rate_limit": rate_limit})
+    def set_rate_limit(
+        self, rate_limit: tuple[int, float] | str | None, mode: str | None = None
+    ) -> None:
+        """Switch the rate limit (``(20, 2.0)``, ``"20/2"`` or None) and, if given, its mode
+        (``"laravel"`` or ``"sliding"``); windows start empty."""
+        config: dict[str, Any] = {"rate_limit": rate_limit}
+        if mode is not None:
+            config["rate_mode"] = mode
+        self._state.configure(config)
+
+    def set_answer_delay(self, seconds: float) -> None:
+        """Answer every provider call this many seconds after it arrived (0: at once)."""
+        self._state.configure({"answer_delay_seconds": seconds})
 
     def load_scenario(self, data: dict[str, Any]) -> None:
         """Replace all orders with ``data["orders"]`` and apply any of ``token``, ``rate_limit``,
-        ``unknown_orders``, ``max_note_length``; nothing changes if anything is invalid.
+        ``rate_mode``, ``answer_delay_seconds``, ``unknown_orders``, ``max_note_length``; nothing
+        changes if anything is invalid.
 
         Example: ``{"orders": {"ODR1": {"status": "PAID", "script": ["510"]}},
-        "rate_limit": "20/2"}``.
+        "rate_limit": "20/2", "rate_mode": "laravel"}``.
         """
         self._state.load_scenario(data)
 
     def stats(self) -> dict[str, Any]:
-        """``{"calls": n, "by_status": {"202": n, ...}, "orders": {status: count}}``."""
+        """``{"calls": n, "by_status": {"202": n, ...}, "orders": {status: count}, "rate": {...}}``.
+
+        ``rate``: ``mode``, ``limit`` (N), ``window_seconds`` (W), ``admitted`` (calls the limit
+        let through), ``refused`` (its 429s) and ``worst_window`` (the most admitted calls within
+        any W seconds; None without a limit), over the call log since it was last cleared.
+        """
         return self._state.stats()
 
 
@@ -1169,18 +1445,27 @@ class SandboxControl:
         """Require this bearer token; None accepts any."""
         self._request("PUT", "/config", {"token": token})
 
-    def set_rate_limit(self, rate_limit: tuple[int, float] | str | None) -> None:
-        """Switch the rate limit (``(20, 2.0)``, ``"20/2"`` or None)."""
+    def set_rate_limit(
+        self, rate_limit: tuple[int, float] | str | None, mode: str | None = None
+    ) -> None:
+        """Switch the rate limit (``(20, 2.0)``, ``"20/2"`` or None) and, if given, its mode."""
         if isinstance(rate_limit, tuple):
             rate_limit = f"{rate_limit[0]}/{float(rate_limit[1])!r}"
-        self._request("PUT", "/config", {"rate_limit": rate_limit})
+        config: dict[str, Any] = {"rate_limit": rate_limit}
+        if mode is not None:
+            config["rate_mode"] = mode
+        self._request("PUT", "/config", config)
+
+    def set_answer_delay(self, seconds: float) -> None:
+        """Answer every provider call this many seconds after it arrived."""
+        self._request("PUT", "/config", {"answer_delay_seconds": seconds})
 
     def load_scenario(self, data: dict[str, Any]) -> None:
         """Replace all orders and apply the scenario's config."""
         self._request("POST", "/scenario", data)
 
     def stats(self) -> dict[str, Any]:
-        """Call and order counts."""
+        """Call and order counts and the rate accounting, as ``SandboxServer.stats``."""
         stats: dict[str, Any] = self._request("GET", "/stats")
         return stats
 

@@ -9,14 +9,25 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 
-from worker.sandbox import OrderScript, SandboxControl, SandboxServer, parse_rate_limit
+from worker.cli import main
+from worker.sandbox import (
+    OrderScript,
+    SandboxControl,
+    SandboxServer,
+    _digest,
+    admitted_arrivals,
+    fixed_windows,
+    max_calls_in_window,
+    parse_rate_limit,
+)
 
 TOKEN = "sandbox-test-token-7f3a9c"
 NOTE = "Customer asked to cancel"
@@ -464,9 +475,10 @@ def test_calls_returns_copies(sandbox: SandboxServer, client: requests.Session) 
 # --- rate limit ----------------------------------------------------------------------------------
 
 
-def test_rate_limit_refuses_the_call_over_the_limit() -> None:
+@pytest.mark.parametrize("mode", ["laravel", "sliding"])
+def test_rate_limit_refuses_the_call_over_the_limit(mode: str) -> None:
     """With 3/1, the fourth call answers 429 with Retry-After and reset; remaining counts down."""
-    with SandboxServer(rate_limit=(3, 1.0)) as server, _session() as session:
+    with SandboxServer(rate_limit=(3, 1.0), rate_mode=mode) as server, _session() as session:
         accepted = [status(session, server, "ODR400") for _ in range(3)]
         assert [a.headers["x-ratelimit-remaining"] for a in accepted] == ["2", "1", "0"]
         assert {a.headers["x-ratelimit-limit"] for a in accepted} == {"3"}
@@ -480,10 +492,13 @@ def test_rate_limit_refuses_the_call_over_the_limit() -> None:
         assert server.calls(kind="cancel")[0]["status"] == 429
 
 
-def test_refused_calls_are_not_counted() -> None:
-    """A 429 does not take a slot: once the oldest call leaves the window, the next is accepted."""
+def test_sliding_mode_refused_calls_are_not_counted() -> None:
+    """Sliding mode: a 429 takes no slot; once the oldest call leaves the window, the next is accepted."""
     window = 0.6
-    with SandboxServer(rate_limit=(2, window)) as server, _session() as session:
+    with (
+        SandboxServer(rate_limit=(2, window), rate_mode="sliding") as server,
+        _session() as session,
+    ):
         assert status(session, server, "ODR401").status_code == 200
         first_done = time.monotonic()
         time.sleep(window / 2)
@@ -519,6 +534,302 @@ def test_parse_rate_limit_refuses_malformed_text(text: str) -> None:
     """Anything else raises ValueError naming the expected form or the bad number."""
     with pytest.raises(ValueError, match="rate limit"):
         parse_rate_limit(text)
+
+
+# --- Laravel's fixed window ------------------------------------------------------------------------
+
+
+class FakeClock:
+    """The sandbox's clock in epoch seconds, moved by hand."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _at(
+    clock: FakeClock, at: float, session: requests.Session, server: SandboxServer
+) -> requests.Response:
+    """A status call arriving at `at` on the sandbox's clock."""
+    clock.now = at
+    return status(session, server, "ODR450")
+
+
+def _remaining(answer: requests.Response) -> str:
+    return str(answer.headers["x-ratelimit-remaining"])
+
+
+@pytest.fixture
+def laravel() -> Iterator[tuple[SandboxServer, FakeClock]]:
+    """A Laravel-mode sandbox allowing 3 calls per 10 s, on a hand-moved clock."""
+    clock = FakeClock()
+    with SandboxServer(rate_limit=(3, 10.0), clock=clock) as server:
+        yield server, clock
+
+
+def test_laravel_window_opens_at_the_first_call_and_remaining_counts_down(
+    laravel: tuple[SandboxServer, FakeClock], client: requests.Session
+) -> None:
+    """The first call opens a 10 s window (remaining 2), then 1 and 0; the next call in it is a
+    429; the first call at the window's end opens the next one with remaining N-1."""
+    server, clock = laravel
+    answers = [_at(clock, t, client, server) for t in (1000.4, 1004.0, 1010.3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [_remaining(a) for a in answers] == ["2", "1", "0"]
+    assert {a.headers["x-ratelimit-limit"] for a in answers} == {"3"}
+    assert _at(clock, 1010.39, client, server).status_code == 429
+    next_window = _at(clock, 1010.4, client, server)
+    assert (next_window.status_code, _remaining(next_window)) == (200, "2")
+
+
+def test_laravel_window_follows_a_late_first_call(
+    laravel: tuple[SandboxServer, FakeClock], client: requests.Session
+) -> None:
+    """A window opened late (after a quiet spell) ends late: calls a whole W after the previous
+    window's start still count against it, and after a gap the next window opens at the next call."""
+    server, clock = laravel
+    for t in (1000.0, 1000.1, 1000.2):
+        assert _at(clock, t, client, server).status_code == 200
+    # Quiet until 1013.7: the next window opens there, not at 1010 or 1020.
+    assert [_remaining(_at(clock, t, client, server)) for t in (1013.7, 1020.0, 1023.0)] == [
+        "2",
+        "1",
+        "0",
+    ]
+    assert _at(clock, 1023.69, client, server).status_code == 429
+    assert _at(clock, 1023.7, client, server).status_code == 200
+
+
+def test_laravel_429_carries_laravels_headers_in_whole_seconds(
+    laravel: tuple[SandboxServer, FakeClock], client: requests.Session
+) -> None:
+    """A 429 says Too Many Attempts with remaining 0, Retry-After = floor(opened + W) - floor(now)
+    and X-RateLimit-Reset = floor(now) + Retry-After; never a Retry-After under 1."""
+    server, clock = laravel
+    for t in (1000.7, 1001.0, 1001.5):
+        _at(clock, t, client, server)
+    refused = _at(clock, 1002.2, client, server)
+    assert refused.status_code == 429
+    assert refused.json() == {"message": "Too Many Attempts."}
+    assert refused.headers["x-ratelimit-limit"] == "3"
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    # The window really ends at 1010.7; Laravel's timer says 1010.
+    assert (refused.headers["Retry-After"], refused.headers["X-RateLimit-Reset"]) == ("8", "1010")
+    # Laravel would say 0 in the window's last fraction of a second; the sandbox says 1.
+    last = _at(clock, 1010.5, client, server)
+    assert (last.headers["Retry-After"], last.headers["X-RateLimit-Reset"]) == ("1", "1011")
+
+
+def test_laravel_refused_calls_neither_count_nor_stretch_the_window(
+    laravel: tuple[SandboxServer, FakeClock], client: requests.Session
+) -> None:
+    """429s take no hit and do not move the window: its end is still opened + W, and the next
+    window's first call gets remaining N-1."""
+    server, clock = laravel
+    for t in (1000.0, 1001.0, 1002.0):
+        _at(clock, t, client, server)
+    assert [_at(clock, t, client, server).status_code for t in (1003.0, 1009.0, 1009.99)] == [
+        429
+    ] * 3
+    first = _at(clock, 1010.0, client, server)
+    assert (first.status_code, _remaining(first)) == (200, "2")
+    assert server.stats()["rate"]["refused"] == 3
+
+
+def _hits(server: SandboxServer, clock: FakeClock) -> int:
+    """Calls TOKEN's open window has admitted (read from inside, to order calls in a test)."""
+    limiter = server._state.limiter
+    assert limiter is not None
+    return limiter.calls - limiter.remaining(_digest(TOKEN), clock.now)
+
+
+def test_laravel_remaining_is_read_when_the_answer_is_built(
+    laravel: tuple[SandboxServer, FakeClock],
+) -> None:
+    """As Laravel reads remaining after the controller ran: calls admitted while a slow call was
+    being answered lower its remaining; a window that expired meanwhile reads as a full N."""
+    server, clock = laravel
+    server.set_order("ODR451", script=["slow:0.4"])
+    server.set_order("ODR452", script=["slow:0.4"])
+
+    def slow_call(order: str, out: list[requests.Response]) -> threading.Thread:
+        def run() -> None:
+            with _session() as session:
+                out.append(cancel(session, server, order))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    overlapped: list[requests.Response] = []
+    thread = slow_call("ODR451", overlapped)
+    wait_for(lambda: _hits(server, clock) == 1)
+    with _session() as session:
+        # Two more calls in the same window while the slow one is still being answered.
+        assert [_remaining(status(session, server, "ODR450")) for _ in range(2)] == ["1", "0"]
+    thread.join(5)
+    assert (overlapped[0].status_code, _remaining(overlapped[0])) == (202, "0")
+
+    clock.now = 1020.0
+    expired: list[requests.Response] = []
+    thread = slow_call("ODR452", expired)
+    wait_for(lambda: _hits(server, clock) == 1)
+    clock.now = 1031.0  # its window has ended before its answer is built
+    thread.join(5)
+    assert (expired[0].status_code, _remaining(expired[0])) == (202, "3")
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_each_token_has_its_own_laravel_window(
+    laravel: tuple[SandboxServer, FakeClock],
+) -> None:
+    """Another bearer's calls neither count against a token's window nor move it."""
+    server, clock = laravel
+    with _session("a") as a, _session("b") as b:
+        for t in (1000.0, 1001.0, 1002.0):
+            _at(clock, t, a, server)
+        assert _at(clock, 1003.0, a, server).status_code == 429
+        assert _remaining(_at(clock, 1003.0, b, server)) == "2"
+
+
+def test_answer_delay_answers_late_but_counts_the_call_at_arrival(
+    client: requests.Session,
+) -> None:
+    """answer_delay_seconds: the answer leaves no sooner than the delay, and the call is logged
+    and counted at its arrival time."""
+    clock = FakeClock()
+    with SandboxServer(rate_limit=(2, 10.0), answer_delay_seconds=0.2, clock=clock) as server:
+        started = time.monotonic()
+        answer = status(client, server, "ODR460")
+        assert time.monotonic() - started >= 0.2
+        assert (answer.status_code, _remaining(answer)) == (200, "1")
+        assert server.calls()[0]["time"] == 1000.0
+
+
+def test_rate_mode_and_answer_delay_are_validated() -> None:
+    """An unknown rate_mode or a negative or non-number delay is refused, in config and scenarios."""
+    with SandboxServer() as server:
+        for config in ({"rate_mode": "fixed"}, {"answer_delay_seconds": -0.1}):
+            with pytest.raises(ValueError):
+                server.load_scenario(config)
+        with pytest.raises(ValueError, match="answer_delay_seconds"):
+            server.set_answer_delay(float("nan"))
+        with pytest.raises(ValueError, match="rate_mode"):
+            server.set_rate_limit((2, 1.0), mode="token-bucket")
+        server.load_scenario({"rate_mode": "sliding", "answer_delay_seconds": 0})
+        assert server.stats()["rate"]["mode"] == "sliding"
+    with pytest.raises(ValueError, match="rate_mode"):
+        SandboxServer(rate_mode="fixed")
+
+
+# --- rate accounting -------------------------------------------------------------------------------
+
+
+def test_max_calls_in_window_is_a_sliding_scan_over_arrivals() -> None:
+    """The most arrivals in any half-open W-second span, wherever it starts."""
+    assert max_calls_in_window([], 1.0) == 0
+    assert max_calls_in_window([5.0], 1.0) == 1
+    assert max_calls_in_window([0.0, 0.5, 0.99, 1.0, 1.2], 1.0) == 4  # 0.5 .. 1.2
+    assert max_calls_in_window([0.0, 1.0, 2.0, 3.0], 1.0) == 1  # W apart is another window
+    assert max_calls_in_window([0.0, 0.999, 1.998], 1.0) == 2
+
+
+def test_fixed_windows_opens_each_at_the_first_call_after_the_last_ended() -> None:
+    """Admitted arrivals regroup into Laravel's windows: (opened at, calls)."""
+    assert fixed_windows([0.0, 0.4, 0.99, 1.0, 1.5, 3.2, 4.19, 4.2], 1.0) == [
+        (0.0, 3),
+        (1.0, 2),
+        (3.2, 2),
+        (4.2, 1),
+    ]
+
+
+def test_stats_count_admitted_refused_and_the_worst_window(
+    laravel: tuple[SandboxServer, FakeClock], client: requests.Session
+) -> None:
+    """Fixed windows let 2N calls through across a boundary: the stats' worst window says so;
+    429s, unauthorized and wrong-URL calls are not admitted."""
+    server, clock = laravel
+    times = (1000.0, 1009.7, 1009.8, 1010.0, 1010.1, 1010.2)
+    codes = [_at(clock, t, client, server).status_code for t in times]
+    assert codes == [200, 200, 200, 200, 200, 200]
+    assert _at(clock, 1010.3, client, server).status_code == 429
+    with _session(token=None) as nobody:
+        assert status(nobody, server, "ODR450").status_code == 401
+    assert client.get(server.root_url + "/nowhere", timeout=5).status_code == 404
+    assert server.stats()["rate"] == {
+        "mode": "laravel",
+        "limit": 3,
+        "window_seconds": 10.0,
+        "admitted": 6,
+        "refused": 1,
+        "worst_window": 5,  # 1009.7 .. 1010.2
+    }
+    calls = server.calls()
+    assert [c["throttled"] for c in calls] == [False] * 6 + [True, False, False]
+    assert admitted_arrivals(calls) == list(times)
+    server.set_rate_limit(None)
+    assert server.stats()["rate"]["worst_window"] is None
+
+
+# --- the documented 417 ----------------------------------------------------------------------------
+
+
+def test_scripted_417_answers_the_documented_validation_error(
+    sandbox: SandboxServer, client: requests.Session
+) -> None:
+    """A bare '417' step answers payloadValidationErrors with field errors and cancels nothing;
+    '417:text' sets the message."""
+    sandbox.set_order("ODR470", script=["417", "417:somethingElse"])
+    answer = cancel(client, sandbox, "ODR470")
+    assert answer.status_code == 417
+    assert answer.json() == {
+        "status_code": 417,
+        "status_message": "Client Error",
+        "message": "payloadValidationErrors",
+        "is_error": True,
+        "errors": {"cancellationNote": ["The cancellation note field format is invalid."]},
+    }
+    assert cancel(client, sandbox, "ODR470").json()["message"] == "somethingElse"
+    assert order_status(client, sandbox, "ODR470") == "SENT"
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def test_sandbox_command_takes_rate_mode_and_answer_delay() -> None:
+    """`fpcancel sandbox --rate-mode sliding --answer-delay S` serves in that mode; bad values
+    exit 2."""
+    for bad in (["--rate-mode", "fixed"], ["--answer-delay", "-1"]):
+        assert CliRunner().invoke(main, ["sandbox", *bad]).exit_code == 2
+    command = [str(Path(sys.executable).with_name("fpcancel")), "sandbox", "--port", "0"]
+    process = subprocess.Popen(
+        [*command, "--rate-limit", "1/60", "--rate-mode", "sliding", "--answer-delay", "0.01"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        base_url = process.stderr.readline().strip().rpartition("=")[2]
+        control = SandboxControl(base_url)
+        with _session() as session:
+            codes = [
+                session.get(f"{base_url}/connect/orders/status/ODR480", timeout=5).status_code
+                for _ in range(2)
+            ]
+        assert codes == [200, 429]
+        assert control.stats()["rate"]["mode"] == "sliding"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(5)
 
 
 # --- unknown orders ------------------------------------------------------------------------------
@@ -570,6 +881,14 @@ def test_sandbox_control_round_trip(sandbox: SandboxServer, client: requests.Ses
         "calls": 3,
         "by_status": {"400": 1, "510": 1, "503": 1},
         "orders": {"PAID": 1, "SENT": 1, "INVOICED": 1},
+        "rate": {
+            "mode": "laravel",
+            "limit": 240,
+            "window_seconds": 60.0,
+            "admitted": 3,
+            "refused": 0,
+            "worst_window": 3,
+        },
     }
 
     control.clear_calls()
@@ -580,11 +899,18 @@ def test_sandbox_control_round_trip(sandbox: SandboxServer, client: requests.Ses
     with _session("control-token") as session:
         assert status(session, sandbox, "ODR600").status_code == 200
         assert status(session, sandbox, "ODR600").status_code == 429
+    control.set_rate_limit("2/60", mode="sliding")
+    control.set_answer_delay(0.01)
+    assert control.stats()["rate"]["mode"] == "sliding"
     control.set_rate_limit(None)
     with pytest.raises(ValueError, match="unknown script step"):
         control.set_order("ODR603", script=["nonsense"])
     with pytest.raises(ValueError, match="rate limit"):
         control.set_rate_limit("fast")
+    with pytest.raises(ValueError, match="rate_mode"):
+        control.set_rate_limit("2/60", mode="fixed")
+    with pytest.raises(ValueError, match="answer_delay_seconds"):
+        control.set_answer_delay(-1)
 
 
 def test_control_endpoints_refuse_bad_input(sandbox: SandboxServer) -> None:
