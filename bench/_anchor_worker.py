@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker.ratelimit import LocalLimiter
-from worker.runtime import build_runtime
-from worker.service import run_worker
-from worker.settings import RateLimit, load_settings
+from fpcancel.ratelimit import LocalLimiter
+from fpcancel.runtime import build_runtime
+from fpcancel.service import run_worker
+from fpcancel.settings import RateLimit, load_settings
 
 
 def main() -> None:

@@ -23,13 +23,14 @@ from sqlalchemy import insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fpcancel.app import make_celery
+from fpcancel.bulk import check_csv
+from fpcancel.models.db import make_engine, make_session_factory, utcnow
+from fpcancel.models.tables import CancelJob
+from fpcancel.producer import Producer
+from fpcancel.settings import Settings
+
 from bench._common import REDIS_URL, fresh_database, fresh_redis
-from models.db import make_engine, make_session_factory, utcnow
-from models.tables import CancelJob
-from worker.app import make_celery
-from worker.bulk import check_csv
-from worker.producer import Producer
-from worker.settings import Settings
 
 
 def write_csv(path: Path, orders: int, start: int) -> None:

@@ -1,10 +1,10 @@
-"""Alembic's entry point: `worker.migrate` hands it an open connection."""
+"""Alembic's entry point: `fpcancel.migrate` hands it an open connection."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from models import Base
-from worker.settings import load_settings
+from fpcancel.models import Base
+from fpcancel.settings import load_settings
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,24 +1,13 @@
-"""fpcancel's tables (SQLAlchemy 2.0) and how to open them."""
+"""fpcancel's tables (SQLAlchemy 2.0) and how to open them. Statuses and lanes are in
+`fpcancel.statuses`."""
 
-from models.db import make_engine, make_session_factory, utcnow
-from models.tables import (
-    ACTIVE_STATUSES,
-    TERMINAL_STATUSES,
-    AttemptKind,
-    Base,
-    CancelAttempt,
-    CancelJob,
-    JobStatus,
-)
+from fpcancel.models.db import make_engine, make_session_factory, utcnow
+from fpcancel.models.tables import Base, CancelAttempt, CancelJob
 
 __all__ = [
-    "ACTIVE_STATUSES",
-    "TERMINAL_STATUSES",
-    "AttemptKind",
     "Base",
     "CancelAttempt",
     "CancelJob",
-    "JobStatus",
     "make_engine",
     "make_session_factory",
     "utcnow",

@@ -5,7 +5,6 @@ in README.md ("The job table").
 """
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -20,52 +19,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from models.types import UTCDateTime
+from fpcancel.models.types import UTCDateTime
+from fpcancel.statuses import ACTIVE_SQL, LANES, WAITING_SQL, AttemptKind, JobStatus
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, so BIGINT becomes INTEGER there.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
-class JobStatus(StrEnum):
-    """Every status a job can have; SPEC.md, "Job statuses", is the source of these names."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    SUCCEEDED = "succeeded"
-    ALREADY_PAID = "already_paid"
-    NOT_FOUND = "not_found"
-    INVALID_PAYLOAD = "invalid_payload"
-    DEAD = "dead"
-    FAILED = "failed"
-
-
-class AttemptKind(StrEnum):
-    CANCEL = "cancel"
-    STATUS_CHECK = "status_check"
-
-
-TERMINAL_STATUSES = frozenset(
-    {
-        JobStatus.SUCCEEDED,
-        JobStatus.ALREADY_PAID,
-        JobStatus.NOT_FOUND,
-        JobStatus.INVALID_PAYLOAD,
-        JobStatus.DEAD,
-        JobStatus.FAILED,
-    }
-)
-# An order has at most one job in these: enqueueing it again returns that job (SPEC.md, "Dedup").
-ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.SUCCEEDED)
-RETRYABLE_BY_OPS = (JobStatus.DEAD, JobStatus.FAILED)
-
-# The same rule as SQL, for the partial unique index and for INSERT ... ON CONFLICT to name it.
-ACTIVE_SQL = "status IN ('queued', 'running', 'retrying', 'succeeded')"
-# Customers' lane first: the order the scheduler and the broker serve them in.
-LANES = ("live", "bulk")
-_waiting_sql = "status IN ('queued', 'retrying')"
 _in_flight_sql = "dispatch_token IS NOT NULL"
 _status_list = ", ".join(f"'{s.value}'" for s in JobStatus)
+_lane_list = ", ".join(f"'{lane}'" for lane in LANES)
 
 
 class Base(DeclarativeBase):
@@ -107,7 +70,7 @@ class CancelJob(Base):
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_status_list})", name="ck_cancel_jobs_status"),
-        CheckConstraint("lane IN ('live', 'bulk')", name="ck_cancel_jobs_lane"),  # LANES
+        CheckConstraint(f"lane IN ({_lane_list})", name="ck_cancel_jobs_lane"),
         # The database, not the code, keeps an order to one active-or-succeeded job.
         Index(
             "uq_cancel_jobs_active_order",
@@ -127,8 +90,8 @@ class CancelJob(Base):
             "ix_cancel_jobs_due",
             "lane",
             "next_attempt_at",
-            postgresql_where=text(_waiting_sql),
-            sqlite_where=text(_waiting_sql),
+            postgresql_where=text(WAITING_SQL),
+            sqlite_where=text(WAITING_SQL),
         ),
         # The scheduler's "how much is in flight" count stays small whatever the table's size.
         Index(
@@ -165,7 +128,10 @@ class CancelAttempt(Base):
     job: Mapped[CancelJob] = relationship(back_populates="calls")
 
     __table_args__ = (
-        CheckConstraint("kind IN ('cancel', 'status_check')", name="ck_cancel_attempts_kind"),
+        CheckConstraint(
+            f"kind IN ({', '.join(repr(k.value) for k in AttemptKind)})",
+            name="ck_cancel_attempts_kind",
+        ),
         Index("uq_cancel_attempts_job_number", "job_id", "number", unique=True),
         Index("ix_cancel_attempts_started_at", "started_at"),
     )

@@ -10,16 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from fpcancel.app import make_celery
+from fpcancel.fleet import LocalFleet
+from fpcancel.migrate import upgrade
+from fpcancel.models.db import make_engine, make_session_factory, utcnow
+from fpcancel.provider import FrontPaymentClient
+from fpcancel.ratelimit import LocalLimiter
+from fpcancel.runtime import Runtime
+from fpcancel.settings import RateLimit, Secret, Settings
 from requests.adapters import BaseAdapter
-
-from models.db import make_engine, make_session_factory, utcnow
-from worker.app import make_celery
-from worker.fleet import LocalFleet
-from worker.migrate import upgrade
-from worker.provider import FrontPaymentClient
-from worker.ratelimit import LocalLimiter
-from worker.runtime import Runtime
-from worker.settings import RateLimit, Secret, Settings
 
 TOKEN = "test-token-5f1e2d3c"
 

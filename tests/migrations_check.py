@@ -5,10 +5,9 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from fpcancel.migrate import current_revision, head_revision, upgrade
+from fpcancel.models import Base
 from sqlalchemy import Engine
-
-from models import Base
-from worker.migrate import current_revision, head_revision, upgrade
 
 
 def differences_after_upgrade(engine: Engine) -> list[Any]:

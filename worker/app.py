@@ -1,13 +1,12 @@
 """The Celery app: built by a factory from `Settings`, never at import time."""
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from celery import Celery
+from fpcancel.jobstore import Dispatch
+from fpcancel.settings import Settings
+from fpcancel.statuses import LANES
 from kombu import Queue  # type: ignore[attr-defined]
-
-from models.tables import LANES
-from worker.settings import Settings
 
 TASK_NAME = "fpcancel.cancel"
 
@@ -17,18 +16,9 @@ def queue_names(prefix: str = "fpcancel") -> dict[str, str]:
     return {lane: f"{prefix}.{lane}" for lane in LANES}
 
 
-@dataclass(frozen=True)
-class Dispatch:
-    """One message to send: which job, with which token, in which lane."""
-
-    job_id: int
-    token: str
-    lane: str
-
-
 def make_celery(settings: Settings, queue_prefix: str = "fpcancel") -> Celery:
     queues = queue_names(queue_prefix)
-    app = Celery("fpcancel", broker=settings.broker_url, include=["worker.tasks"])
+    app = Celery("fpcancel", broker=settings.broker_url, include=["fpcancel.tasks"])
     app.conf.update(
         fpcancel_queues=queues,
         task_serializer="json",

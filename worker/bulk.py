@@ -20,17 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, NamedTuple
 
-from sqlalchemy import bindparam, text
-from sqlalchemy.exc import OperationalError
+from fpcancel import jobstore
+from fpcancel.errors import BadInput, ValidationError
+from fpcancel.validation import clean_note, clean_order_uuid
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.tables import ACTIVE_SQL
-from models.types import UTCDateTime
-from worker.errors import BadInput, ValidationError
-from worker.validation import clean_note, clean_order_uuid
-
 BATCH_ROWS = 5000
-DEADLOCK_RETRIES = 5
 SHOWN_PROBLEMS = 50
 
 
@@ -212,70 +207,6 @@ def check_csv(source: IO[bytes], default_note: str | None, seekable: bool = True
 
 # -- writing -----------------------------------------------------------------------------------
 
-STAGE = "fpcancel_bulk_stage"
-
-
-def _create_stage(session: Session) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        # Dropped at commit or rollback: nothing outlives the transaction.
-        ddl = f"CREATE TEMPORARY TABLE {STAGE} (seq bigint, order_uuid text, note text)"
-        session.execute(text(ddl + " ON COMMIT DROP"))
-        return
-    # SQLite keeps temporary tables for the connection's life: one from an earlier run goes first.
-    session.execute(text(f"DROP TABLE IF EXISTS temp.{STAGE}"))
-    ddl = f"CREATE TEMPORARY TABLE {STAGE} (seq INTEGER PRIMARY KEY, order_uuid TEXT, note TEXT)"
-    session.execute(text(ddl))
-
-
-# The first row of each order, in input order, into the job table; an order that already has an
-# active or succeeded job is left alone (the partial unique index decides, also against writers
-# running at the same time).
-_MOVE = text(
-    f"""
-    INSERT INTO cancel_jobs (order_uuid, note, source, lane, status, attempts, next_attempt_at,
-                             created_at, updated_at, round_start_attempts, needs_status_check,
-                             lost_claims)
-    SELECT order_uuid, note, :source, :lane, 'queued', 0, :now, :now, :now, 0, false, 0
-    FROM {STAGE}
-    WHERE seq IN (SELECT min(seq) FROM {STAGE} GROUP BY order_uuid)
-    ORDER BY seq
-    ON CONFLICT (order_uuid) WHERE {ACTIVE_SQL}
-    DO NOTHING
-    """
-).bindparams(bindparam("now", type_=UTCDateTime()))
-_DISTINCT = text(f"SELECT count(DISTINCT order_uuid) FROM {STAGE}")
-
-
-def _load_batch(session: Session, batch: list[tuple[int, str, str]]) -> None:
-    """Append rows to the stage: COPY on PostgreSQL, one executemany on SQLite."""
-    if session.get_bind().dialect.name == "postgresql":
-        driver = session.connection().connection.driver_connection
-        with (
-            driver.cursor() as cursor,  # type: ignore[union-attr]
-            cursor.copy(f"COPY {STAGE} (seq, order_uuid, note) FROM STDIN") as copy,
-        ):
-            for row in batch:
-                copy.write_row(row)
-        return
-    session.execute(
-        text(f"INSERT INTO {STAGE} (seq, order_uuid, note) VALUES (:seq, :order_uuid, :note)"),
-        [{"seq": seq, "order_uuid": order, "note": note} for seq, order, note in batch],
-    )
-
-
-def _move_into_jobs(session: Session, source: str | None, lane: str, now: datetime) -> int:
-    """Run `_MOVE`; returns the jobs it created. Two bulk runs sharing orders can deadlock on
-    the unique index; the loser's statement is retried under a SAVEPOINT (its stage survives)."""
-    for attempt in range(DEADLOCK_RETRIES):
-        try:
-            with session.begin_nested():
-                result = session.execute(_MOVE, {"source": source, "lane": lane, "now": now})
-                return int(result.rowcount)  # type: ignore[attr-defined]
-        except OperationalError as exc:
-            if getattr(exc.orig, "sqlstate", None) != "40P01" or attempt == DEADLOCK_RETRIES - 1:
-                raise
-    raise AssertionError("unreachable")
-
 
 def write_bulk(
     sessions: sessionmaker[Session],
@@ -288,30 +219,19 @@ def write_bulk(
     batch_rows: int = BATCH_ROWS,
 ) -> BulkResult:
     """Write validated rows as jobs: all of them or, whatever goes wrong midway (a database
-    restart, a full disk, a bug), none. One transaction: the rows are staged batch by batch in
-    a temporary table, then moved into `cancel_jobs` by one statement. An order with an active
-    or succeeded job is counted as `already_active`, an order repeated in the input once."""
-    result = BulkResult()
-    total = 0
+    restart, a full disk, a bug), none: one transaction (`fpcancel.jobstore.insert_staged`). An
+    order with an active or succeeded job is counted as `already_active`, an order repeated in
+    the input once."""
     with sessions.begin() as session:
-        _create_stage(session)
-        batch: list[tuple[int, str, str]] = []
-        for row in rows:
-            total += 1
-            batch.append((total, row[0], row[1]))
-            if len(batch) >= batch_rows:
-                _load_batch(session, batch)
-                if progress is not None:
-                    progress(len(batch))
-                batch = []
-        if batch:
-            _load_batch(session, batch)
-            if progress is not None:
-                progress(len(batch))
-        distinct = int(session.execute(_DISTINCT).scalar_one())
-        result.created = _move_into_jobs(session, source, lane, now())
-        if session.get_bind().dialect.name == "sqlite":
-            session.execute(text(f"DROP TABLE temp.{STAGE}"))
-    result.already_active = distinct - result.created
-    result.duplicates = total - distinct
-    return result
+        total, distinct, created = jobstore.insert_staged(
+            session,
+            ((row[0], row[1]) for row in rows),
+            source=source,
+            lane=lane,
+            now=now(),
+            batch_rows=batch_rows,
+            progress=progress,
+        )
+    return BulkResult(
+        created=created, already_active=distinct - created, duplicates=total - distinct
+    )

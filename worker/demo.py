@@ -16,22 +16,22 @@ from typing import Any
 
 from celery.worker import WorkController
 from celery.worker import state as worker_state
+from fpcancel.bulk import BulkRow
+from fpcancel.feed import Scheduler
+from fpcancel.migrate import upgrade
+from fpcancel.models.db import make_engine
+from fpcancel.models.tables import CancelJob
+from fpcancel.producer import Producer
+from fpcancel.render import STATUS_STYLE, stats_table
+from fpcancel.runtime import build_runtime, install
+from fpcancel.sandbox import SandboxServer
+from fpcancel.settings import RateLimit, Secret, Settings
+from fpcancel.stats import collect_stats
+from fpcancel.statuses import TERMINAL_STATUSES, JobStatus
 from redis import Redis
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-
-from models.db import make_engine
-from models.tables import TERMINAL_STATUSES, CancelJob, JobStatus
-from worker.bulk import BulkRow
-from worker.migrate import upgrade
-from worker.producer import Producer
-from worker.render import STATUS_STYLE, stats_table
-from worker.runtime import build_runtime, install
-from worker.sandbox import SandboxServer
-from worker.scheduler import Scheduler
-from worker.settings import RateLimit, Secret, Settings
-from worker.stats import collect_stats
 
 DEMO_TOKEN = "demo-token-not-a-secret"
 DEMO_DB = "fpcancel-demo.db"

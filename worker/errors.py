@@ -8,7 +8,7 @@
     │   └── JobStateError     the job is in the wrong state for the command
     └── ServiceError      exit 1: the database or broker cannot be reached
 
-Provider (HTTP) errors live in `worker.provider`; they never reach a user as an exception.
+Provider (HTTP) errors live in `fpcancel.answers`; they never reach a user as an exception.
 """
 
 

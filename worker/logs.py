@@ -6,7 +6,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from worker.redaction import Redactor
+from fpcancel.redaction import Redactor
 
 
 class RedactingFormatter(logging.Formatter):

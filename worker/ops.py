@@ -8,9 +8,7 @@ there (`ClaimedJob.attempts_in_round`), so the job gets FPCANCEL_MAX_ATTEMPTS mo
 The partial unique index `uq_cancel_jobs_active_order` keeps an order to one job that is queued,
 running, retrying or succeeded. A dead job whose order has meanwhile got another such job cannot
 go round again: it is skipped, with the other job named. Jobs are looked at in batches of
-`BATCH_JOBS` (one transaction each): a batch is sent round again with one UPDATE under a
-SAVEPOINT, and should a concurrent enqueue make it collide with the index, job by job (a
-SAVEPOINT each), so one refused job never undoes the others.
+`BATCH_JOBS` (one transaction each); `fpcancel.jobstore.send_round_again` changes them.
 """
 
 from collections.abc import Callable, Iterable, Sequence
@@ -18,12 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Update, func, select, update
-from sqlalchemy.exc import IntegrityError
+from fpcancel import jobstore
+from fpcancel.errors import JobStateError, UnknownJobError
+from fpcancel.models.tables import CancelJob
+from fpcancel.statuses import ACTIVE_STATUSES, RETRYABLE_BY_OPS
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
-
-from models.tables import ACTIVE_STATUSES, RETRYABLE_BY_OPS, CancelJob, JobStatus
-from worker.errors import JobStateError, UnknownJobError
 
 RETRYABLE = tuple(s.value for s in RETRYABLE_BY_OPS)
 ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)
@@ -159,65 +157,20 @@ def _blocked_reason(order_uuid: str, blocker: tuple[int, str] | None) -> str:
     return f"order {order_uuid} already has job {blocker[0]} ({blocker[1]})"
 
 
-def _round_again(now: datetime) -> Update:
-    """The conditional UPDATE that sends dead or failed jobs round again; the caller adds which."""
-    return (
-        update(CancelJob)
-        .where(CancelJob.status.in_(RETRYABLE))
-        .values(
-            status=JobStatus.QUEUED.value,
-            round_start_attempts=CancelJob.attempts,
-            next_attempt_at=now,
-            finished_at=None,
-            needs_status_check=False,
-            dispatch_token=None,
-            dispatched_at=None,
-            claimed_until=None,
-            in_call_since=None,
-            lost_claims=0,
-            updated_at=now,
-        )
-        .returning(CancelJob.id)
-        # No ORM objects are loaded here: nothing in the session to keep in step.
-        .execution_options(synchronize_session=False)
-    )
-
-
 def send_round_again(
     session: Session, jobs: Sequence[Candidate], now: datetime
 ) -> tuple[list[int], list[Skipped]]:
-    """Send `jobs` round again in the caller's transaction; returns (ids sent, skipped).
-
-    One UPDATE for all of them under a SAVEPOINT; if the unique index refuses it (an enqueue
-    raced us), one UPDATE per job, each under its own SAVEPOINT.
-    """
-    if not jobs:
-        return [], []
-    ids = [job.id for job in jobs]
-    try:
-        with session.begin_nested():
-            done = set(session.scalars(_round_again(now).where(CancelJob.id.in_(ids))))
-    except IntegrityError:
-        done = set()
-        refused: list[Candidate] = []
-        for job in jobs:
-            try:
-                with session.begin_nested():
-                    if session.scalars(_round_again(now).where(CancelJob.id == job.id)).first():
-                        done.add(job.id)
-            except IntegrityError:
-                refused.append(job)
-        blockers = active_elsewhere(session, [job.id for job in refused]) if refused else {}
-        refused_ids = {job.id for job in refused}
-    else:
-        blockers, refused_ids = {}, set()
+    """Send `jobs` round again in the caller's transaction; returns (ids sent, skipped, each
+    with its reason: the order got another active job meanwhile, or the job changed)."""
+    done, refused = jobstore.send_round_again(session, [job.id for job in jobs], now)
+    blockers = active_elsewhere(session, sorted(refused)) if refused else {}
     skipped: list[Skipped] = []
     for job in jobs:
-        if job.id in refused_ids:
+        if job.id in refused:
             skipped.append(Skipped(job.id, _blocked_reason(job.order_uuid, blockers.get(job.id))))
         elif job.id not in done:
             skipped.append(Skipped(job.id, "is no longer dead or failed (changed meanwhile)"))
-    return [i for i in ids if i in done], skipped
+    return [job.id for job in jobs if job.id in done], skipped
 
 
 def _plan(

@@ -4,7 +4,7 @@ The job is committed first and published after, so a broker outage loses nothing
 in the table and the scheduler sends it. The CLI's `enqueue` and `enqueue-bulk` call these same
 functions.
 
-    from worker.producer import enqueue_cancel
+    from fpcancel.producer import enqueue_cancel
     job_id = enqueue_cancel("ODR123456789", "customer changed their mind", source="shop")
 """
 
@@ -16,14 +16,13 @@ from datetime import datetime
 from functools import lru_cache
 
 from celery import Celery
+from fpcancel import jobstore
+from fpcancel.app import make_celery, publish
+from fpcancel.bulk import BulkResult, BulkRow, write_bulk
+from fpcancel.models.db import make_engine, make_session_factory, utcnow
+from fpcancel.settings import Settings, load_settings
+from fpcancel.validation import clean_lane, clean_note, clean_order_uuid, clean_source
 from sqlalchemy.orm import Session, sessionmaker
-
-from models.db import make_engine, make_session_factory, utcnow
-from worker import jobs
-from worker.app import Dispatch, make_celery, publish
-from worker.bulk import BulkResult, BulkRow, write_bulk
-from worker.settings import Settings, load_settings
-from worker.validation import clean_lane, clean_note, clean_order_uuid, clean_source
 
 log = logging.getLogger("fpcancel.producer")
 
@@ -68,7 +67,7 @@ class Producer:
         # Customers' jobs go straight to the broker; bulk ones wait for the scheduler's pace.
         token = uuid.uuid4().hex if lane == "live" else None
         with self.sessions.begin() as session:
-            job = jobs.insert_job(
+            job = jobstore.insert_job(
                 session,
                 order_uuid=order_uuid,
                 note=note,
@@ -80,7 +79,7 @@ class Producer:
         published = False
         if job.created and token is not None:
             try:
-                publish(self.app, [Dispatch(job.id, token, lane)])
+                publish(self.app, [jobstore.Dispatch(job.id, token, lane)])
                 published = True
             except Exception as exc:
                 log.warning(
@@ -89,7 +88,7 @@ class Producer:
                     job.id,
                 )
                 with self.sessions.begin() as session:
-                    jobs.clear_dispatch(session, [job.id], [token])
+                    jobstore.clear_dispatch(session, [jobstore.Dispatch(job.id, token, lane)])
         return Enqueued(job.id, job.order_uuid, job.status, job.created, published)
 
     def enqueue_bulk(
@@ -126,6 +125,6 @@ def enqueue_bulk(
 ) -> BulkResult:
     """Enqueue many cancellations: `rows` of (order_uuid, note). Every row is validated before
     anything is written; one bad row raises `BulkInputError` listing every bad row."""
-    from worker.bulk import validate_rows
+    from fpcancel.bulk import validate_rows
 
     return default_producer().enqueue_bulk(validate_rows(rows), source, lane)

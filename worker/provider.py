@@ -1,36 +1,34 @@
 """Front Payment's order API over `requests`: the one place HTTP turns into fpcancel's types.
 
-What a call returns or raises:
-
-    Answer                      the provider answered: status, parsed JSON or raw text, headers
-    ProviderError
-    ├── RequestNotBuilt         the request could not even be built (a bad header or URL): a
-    │                           local fault, nothing left, never the order's
-    └── TransportError          no answer came back
-        ├── ConnectFailed       the request never left (refused, DNS, connect timeout)
-        └── AnswerLost          the request may have arrived (read timeout, dropped connection)
-
-Nothing here raises a `requests` exception, and nothing here puts the token in a message. Every
-answer is redacted (`worker.redaction`) before it leaves this module: a proxy page that echoes the
-request's headers never carries the token into a table, a log or a terminal. At most
+A call returns an `Answer` or raises a `ProviderError` (the tree is drawn in `fpcancel.answers`):
+`RequestNotBuilt` when `requests` refuses to build it, `ConnectFailed` when it never left,
+`AnswerLost` when it may have arrived. Nothing here raises a `requests` exception, and nothing
+here puts the token in a message. Every answer is redacted (`fpcancel.redaction`) before it
+leaves this module: a proxy page that echoes the request's headers never carries the token into a
+table, a log or a terminal. At most
 `BODY_READ_BYTES` of a body are read, so a hostile or broken answer cannot exhaust memory.
 """
 
 import json
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 from urllib.parse import quote
 
 import requests
+from fpcancel import __version__
+from fpcancel.answers import (
+    Answer,
+    AnswerLost,
+    ConnectFailed,
+    RequestNotBuilt,
+    TransportError,
+)
+from fpcancel.redaction import Redactor
+from fpcancel.validation import clean_order_uuid
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
-
-from worker import __version__
-from worker.redaction import Redactor
-from worker.validation import clean_order_uuid
 
 USER_AGENT = f"fpcancel/{__version__} (+https://github.com/fpcancel/fpcancel)"
 BODY_KEEP_CHARS = 2000
@@ -44,54 +42,6 @@ KEPT_HEADERS = (
     "x-ratelimit-remaining",
     "x-ratelimit-reset",
 )
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What the provider answered to one call."""
-
-    status: int
-    body: Any  # the parsed JSON, or None when the body is not JSON
-    text: str  # the raw body, trimmed to BODY_KEEP_CHARS
-    headers: Mapping[str, str] = field(default_factory=dict)
-    duration_ms: int = 0
-
-    @property
-    def message(self) -> str | None:
-        """The API's `message` field, when the body is a JSON object that has one."""
-        if isinstance(self.body, dict):
-            value = self.body.get("message")
-            return value if isinstance(value, str) else None
-        return None
-
-
-class ProviderError(Exception):
-    """Base of what a provider call raises instead of answering."""
-
-    def __init__(self, message: str, duration_ms: int = 0) -> None:
-        super().__init__(message)
-        self.message = message
-        self.duration_ms = duration_ms
-
-
-class RequestNotBuilt(ProviderError):
-    """The request could not be built (a header or URL `requests` refuses): nothing was sent."""
-
-
-class TransportError(ProviderError):
-    """No HTTP answer came back."""
-
-    sent = True
-
-
-class ConnectFailed(TransportError):
-    """The request never reached the provider."""
-
-    sent = False
-
-
-class AnswerLost(TransportError):
-    """The request may have reached the provider, but its answer did not reach us."""
 
 
 def _transport_error(exc: requests.RequestException, duration_ms: int) -> TransportError:

@@ -5,11 +5,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from fpcancel.errors import UnknownJobError
+from fpcancel.models.tables import CancelAttempt, CancelJob
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from models.tables import CancelAttempt, CancelJob
-from worker.errors import UnknownJobError
 
 JOB_FIELDS = (
     "id",

@@ -21,16 +21,20 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from fpcancel.settings import RateLimit
+from fpcancel.statuses import SETUP_FAULTS, PauseReason
 from redis import Redis
 
-from worker.settings import RateLimit
+
+def _pause_key(reason: PauseReason) -> str:
+    """Setup faults share one pause (it grows while any of them lasts); the rate has its own."""
+    return "setup" if reason in SETUP_FAULTS else "rate"
+
 
 PREFIX = "fpcancel:rate:"
 # A live waiter that stops asking (its worker died) stops holding bulk back after this long;
 # waiters ask again at least every ASK_AGAIN_SECONDS, so a live one never loses its place.
 LIVE_WAITER_TTL_MS = 3000
-# Pauses that are the setup's fault, not the rate's: they grow while the fault lasts.
-CONFIG_FAULTS = ("unauthorized", "misrouted", "not_sent")
 ASK_AGAIN_SECONDS = 1.0
 
 
@@ -44,7 +48,7 @@ class Limiter(Protocol):
     def try_acquire(self, lane: str, caller: str) -> float:
         """0 when a call may start now (and it is counted); else seconds to wait first."""
 
-    def pause(self, reason: str, seconds: float) -> None:
+    def pause(self, reason: PauseReason, seconds: float) -> None:
         """Stop every worker's calls for `seconds` (a longer pause already set wins)."""
 
     def paused_for(self) -> float:
@@ -54,9 +58,9 @@ class Limiter(Protocol):
         """The provider said none remain: seconds until our own window frees a slot, or a
         whole window when ours has room (the budget is shared with someone else)."""
 
-    def clear_pause(self, reason: str) -> None: ...
+    def clear_pause(self, reason: PauseReason) -> None: ...
 
-    def note_failure(self, reason: str) -> int:
+    def note_failure(self, reason: PauseReason) -> int:
         """Count one more refusal in a row for `reason`; returns the count."""
 
     def note_success(self) -> None:
@@ -145,13 +149,7 @@ class RedisLimiter:
         base = f"{PREFIX}{namespace}:"
         self._calls_key = base + "calls"
         self._waiters_key = base + "live-waiters"
-        self._pause_keys = {
-            "rate_limited": base + "pause:rate",
-            "unauthorized": base + "pause:auth",
-            # Configuration faults share one growing pause.
-            "misrouted": base + "pause:auth",
-            "not_sent": base + "pause:auth",
-        }
+        self._pause_prefix = base + "pause:"
         self._failures_key = base + "failures:"
         self._acquire = redis.register_script(_ACQUIRE)
         self._pause = redis.register_script(_PAUSE)
@@ -161,8 +159,8 @@ class RedisLimiter:
     def try_acquire(self, lane: str, caller: str) -> float:
         keys = [
             self._calls_key,
-            self._pause_keys["rate_limited"],
-            self._pause_keys["unauthorized"],
+            self._pause_prefix + "rate",
+            self._pause_prefix + "setup",
             self._waiters_key,
         ]
         args: list[str | int] = [
@@ -175,22 +173,25 @@ class RedisLimiter:
         ]
         return int(self._acquire(keys=keys, args=args)) / 1000
 
-    def pause(self, reason: str, seconds: float) -> None:
-        self._pause(keys=[self._pause_keys[reason]], args=[max(1, int(seconds * 1000))])
+    def pause(self, reason: PauseReason, seconds: float) -> None:
+        key = self._pause_prefix + _pause_key(reason)
+        self._pause(keys=[key], args=[max(1, int(seconds * 1000))])
 
     def paused_for(self) -> float:
-        keys = sorted(set(self._pause_keys.values()))
+        keys = [self._pause_prefix + "rate", self._pause_prefix + "setup"]
         return int(self._paused_for(keys=keys)) / 1000
 
     def window_full_for(self) -> float:
         args = [self._limit.calls, self._window_ms]
         return int(self._window_full_for(keys=[self._calls_key], args=args)) / 1000
 
-    def clear_pause(self, reason: str) -> None:
-        self._redis.delete(self._pause_keys[reason], self._failures_key + reason)
+    def clear_pause(self, reason: PauseReason) -> None:
+        self._redis.delete(
+            self._pause_prefix + _pause_key(reason), self._failures_key + reason.value
+        )
 
-    def note_failure(self, reason: str) -> int:
-        key = self._failures_key + reason
+    def note_failure(self, reason: PauseReason) -> int:
+        key = self._failures_key + reason.value
         pipe = self._redis.pipeline()
         pipe.incr(key)
         pipe.expire(key, 3600)
@@ -198,7 +199,7 @@ class RedisLimiter:
         return int(count)
 
     def note_success(self) -> None:
-        self._redis.delete(*(self._failures_key + r for r in CONFIG_FAULTS))
+        self._redis.delete(*(self._failures_key + r.value for r in SETUP_FAULTS))
 
 
 class LocalLimiter:
@@ -212,10 +213,7 @@ class LocalLimiter:
         self._calls: deque[float] = deque()
         self._live_waiters: dict[str, float] = {}
         self._paused_until: dict[str, float] = {}
-        self._failures: dict[str, int] = {}
-
-    def _reason_key(self, reason: str) -> str:
-        return "auth" if reason in CONFIG_FAULTS else reason
+        self._failures: dict[PauseReason, int] = {}
 
     def try_acquire(self, lane: str, caller: str) -> float:
         with self._lock:
@@ -238,9 +236,9 @@ class LocalLimiter:
                 self._live_waiters[caller] = now + wait + LIVE_WAITER_TTL_MS / 1000
             return wait
 
-    def pause(self, reason: str, seconds: float) -> None:
+    def pause(self, reason: PauseReason, seconds: float) -> None:
         with self._lock:
-            key = self._reason_key(reason)
+            key = _pause_key(reason)
             until = self._clock() + seconds
             self._paused_until[key] = max(self._paused_until.get(key, 0.0), until)
 
@@ -256,19 +254,19 @@ class LocalLimiter:
                 self._calls.popleft()
             return (self._calls[0] + self._window - now) if self._calls else self._window
 
-    def clear_pause(self, reason: str) -> None:
+    def clear_pause(self, reason: PauseReason) -> None:
         with self._lock:
-            self._paused_until.pop(self._reason_key(reason), None)
+            self._paused_until.pop(_pause_key(reason), None)
             self._failures.pop(reason, None)
 
-    def note_failure(self, reason: str) -> int:
+    def note_failure(self, reason: PauseReason) -> int:
         with self._lock:
             self._failures[reason] = self._failures.get(reason, 0) + 1
             return self._failures[reason]
 
     def note_success(self) -> None:
         with self._lock:
-            for reason in CONFIG_FAULTS:
+            for reason in SETUP_FAULTS:
                 self._failures.pop(reason, None)
 
 

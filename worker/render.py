@@ -1,7 +1,7 @@
 """Human output for ops: rich tables, colours on a terminal, plain text in a pipe.
 
 Every value from outside (notes, provider messages and bodies, sources) goes through
-`worker.textsafe.printable` on its way to a cell or line, and is never read as rich markup: on a
+`fpcancel.textsafe.printable` on its way to a cell or line, and is never read as rich markup: on a
 terminal or in a pipe, control characters show as escapes. `jobs_csv` neutralises formulas.
 """
 
@@ -11,15 +11,14 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from fpcancel.queries import JOB_FIELDS, iso
+from fpcancel.textsafe import csv_cell, printable
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from worker.queries import JOB_FIELDS, iso
-from worker.textsafe import csv_cell, printable
-
 if TYPE_CHECKING:
-    from worker.ops import RetryResult
+    from fpcancel.ops import RetryResult
 
 STATUS_STYLE = {
     "queued": "cyan",

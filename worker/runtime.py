@@ -12,17 +12,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from celery import Celery
+from fpcancel.app import make_celery
+from fpcancel.fleet import Fleet, LocalFleet, RedisFleet
+from fpcancel.models.db import make_engine, make_session_factory, utcnow
+from fpcancel.provider import FrontPaymentClient
+from fpcancel.ratelimit import Limiter, LocalLimiter, RedisLimiter
+from fpcancel.settings import Settings
+from fpcancel.transitions import Policy
 from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
-
-from models.db import make_engine, make_session_factory, utcnow
-from worker.app import make_celery
-from worker.fleet import Fleet, LocalFleet, RedisFleet
-from worker.provider import FrontPaymentClient
-from worker.ratelimit import Limiter, LocalLimiter, RedisLimiter
-from worker.settings import Settings
-from worker.transitions import Policy
 
 log = logging.getLogger("fpcancel")
 
@@ -44,7 +43,11 @@ class Runtime:
     def policy(self) -> Policy:
         s = self.settings
         return Policy(
-            s.max_attempts, s.retry_base_seconds, s.retry_max_seconds, s.http_timeout_seconds
+            s.max_attempts,
+            s.retry_base_seconds,
+            s.retry_max_seconds,
+            s.http_timeout_seconds,
+            s.max_lost_claims,
         )
 
     def close(self) -> None:

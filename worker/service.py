@@ -7,12 +7,12 @@ import uuid
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
-
-from worker.errors import ServiceError
-from worker.logs import setup_logging
-from worker.runtime import Runtime, build_runtime, install
-from worker.scheduler import Scheduler
-from worker.settings import Settings
+from fpcancel.errors import ServiceError
+from fpcancel.feed import Scheduler
+from fpcancel.logs import setup_logging
+from fpcancel.runtime import Runtime, build_runtime, install
+from fpcancel.settings import Settings
+from fpcancel.statuses import PauseReason
 
 log = logging.getLogger("fpcancel.worker")
 
@@ -33,9 +33,8 @@ def worker_argv(concurrency: int, loglevel: str, name: str) -> list[str]:
 
 def preflight(runtime: Runtime) -> None:
     """Refuse to start (exit 1) when the database or broker is unreachable or the schema is old."""
+    from fpcancel.migrate import current_revision, head_revision
     from sqlalchemy.exc import SQLAlchemyError
-
-    from worker.migrate import current_revision, head_revision
 
     try:
         revision = current_revision(runtime.engine)
@@ -68,7 +67,7 @@ def run_worker(
     """Serve until SIGTERM (or SIGINT): calls in flight finish, waiting jobs go back."""
     setup_logging(loglevel, as_json=log_json, redactor=settings.redactor)
     if metrics_port is not None:
-        from worker import metrics
+        from fpcancel import metrics
 
         metrics.serve(metrics_port, metrics_host)
     runtime = runtime or build_runtime(settings, concurrency=concurrency, with_client=True)
@@ -76,7 +75,7 @@ def run_worker(
     install(runtime)
     member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     # A restart with a fixed token should call at once, not sit out an old pause.
-    runtime.limiter.clear_pause("unauthorized")
+    runtime.limiter.clear_pause(PauseReason.UNAUTHORIZED)
     scheduler = Scheduler(runtime, member=member, threads=concurrency)
 
     def on_ready(**_: Any) -> None:

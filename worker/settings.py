@@ -8,15 +8,15 @@ import io
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-
-from worker.errors import SettingsError
-from worker.redaction import Redactor
+from fpcancel.errors import SettingsError
+from fpcancel.redaction import Redactor
 
 DEMO_BASE_URL = "https://demo-api.frontpayment.no/api/v1"
 DAY_SECONDS = 86_400
@@ -106,7 +106,7 @@ class Settings:
 
     @property
     def redactor(self) -> Redactor:
-        """Blanks every secret setting out of a text (`worker.redaction`)."""
+        """Blanks every secret setting out of a text (`fpcancel.redaction`)."""
         return Redactor([self.token.reveal() if self.token else None])
 
     def check_provider(self) -> None:
@@ -187,32 +187,6 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def _number(
-    env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float
-) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not _DECIMAL.fullmatch(raw):
-        raise SettingsError(f"{name}: {raw[:40]!r} is not a number of seconds")
-    value = float(raw)
-    if not minimum <= value <= maximum:
-        raise SettingsError(f"{name}: {raw!r} must be between {minimum:g} and {maximum:g} seconds")
-    return value
-
-
-def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not _WHOLE.fullmatch(raw):
-        raise SettingsError(f"{name}: {raw[:40]!r} is not a whole number")
-    value = int(raw)
-    if not minimum <= value <= maximum:
-        raise SettingsError(f"{name}: {raw!r} must be between {minimum} and {maximum}")
-    return value
 
 
 def parse_rate_limit(raw: str, name: str = "FPCANCEL_RATE_LIMIT") -> RateLimit:
@@ -331,39 +305,79 @@ def _read_dotenv(path: Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
+def _seconds(minimum: float, maximum: float) -> Callable[[str, str], float]:
+    def parse(raw: str, name: str) -> float:
+        if not _DECIMAL.fullmatch(raw):
+            raise SettingsError(f"{name}: {raw[:40]!r} is not a number of seconds")
+        value = float(raw)
+        if not minimum <= value <= maximum:
+            raise SettingsError(
+                f"{name}: {raw!r} must be between {minimum:g} and {maximum:g} seconds"
+            )
+        return value
+
+    return parse
+
+
+def _count(minimum: int, maximum: int) -> Callable[[str, str], int]:
+    def parse(raw: str, name: str) -> int:
+        if not _WHOLE.fullmatch(raw):
+            raise SettingsError(f"{name}: {raw[:40]!r} is not a whole number")
+        value = int(raw)
+        if not minimum <= value <= maximum:
+            raise SettingsError(f"{name}: {raw!r} must be between {minimum} and {maximum}")
+        return value
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: the `Settings` field it sets and how its text is checked. The
+    default is the field's default in `Settings`, and nowhere else."""
+
+    name: str
+    field: str
+    parse: Callable[[str, str], Any]
+
+    @property
+    def default(self) -> Any:
+        return Settings.__dataclass_fields__[self.field].default
+
+
+VARIABLES = (
+    Variable("FRONTPAYMENT_BASE_URL", "base_url", check_base_url),
+    Variable("FRONTPAYMENT_TOKEN", "token", check_token),
+    Variable("FPCANCEL_DATABASE_URL", "database_url", check_database_url),
+    Variable("FPCANCEL_BROKER_URL", "broker_url", check_broker_url),
+    Variable("FPCANCEL_MAX_ATTEMPTS", "max_attempts", _count(1, 1000)),
+    Variable("FPCANCEL_RETRY_BASE_SECONDS", "retry_base_seconds", _seconds(0, DAY_SECONDS)),
+    Variable("FPCANCEL_RETRY_MAX_SECONDS", "retry_max_seconds", _seconds(0, 7 * DAY_SECONDS)),
+    Variable("FPCANCEL_HTTP_TIMEOUT_SECONDS", "http_timeout_seconds", _seconds(0.01, 600)),
+    Variable("FPCANCEL_RATE_LIMIT", "rate_limit", parse_rate_limit),
+    Variable(
+        "FPCANCEL_SCHEDULER_INTERVAL_SECONDS", "scheduler_interval_seconds", _seconds(0.01, 60)
+    ),
+    Variable(
+        "FPCANCEL_DISPATCH_LEASE_SECONDS", "dispatch_lease_seconds", _seconds(0.1, DAY_SECONDS)
+    ),
+    Variable("FPCANCEL_MAX_LOST_CLAIMS", "max_lost_claims", _count(1, 100)),
+)
+
+
 def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
-    """Read and check every variable; raise `SettingsError` on the first malformed one."""
+    """Read and check every variable; raise `SettingsError` on the first malformed one. A
+    variable that is unset or blank takes its default."""
     env = read_environment(environ, dotenv)
-    retry_base = _number(env, "FPCANCEL_RETRY_BASE_SECONDS", 5.0, minimum=0, maximum=DAY_SECONDS)
-    retry_max = _number(
-        env, "FPCANCEL_RETRY_MAX_SECONDS", 900.0, minimum=0, maximum=7 * DAY_SECONDS
-    )
-    if retry_max < retry_base:
+    values: dict[str, Any] = {}
+    for variable in VARIABLES:
+        raw = env.get(variable.name, "").strip()
+        if raw:
+            values[variable.field] = variable.parse(raw, variable.name)
+    settings = Settings(**values)
+    if settings.retry_max_seconds < settings.retry_base_seconds:
         raise SettingsError(
-            f"FPCANCEL_RETRY_MAX_SECONDS: {retry_max:g} is below "
-            f"FPCANCEL_RETRY_BASE_SECONDS ({retry_base:g})"
+            f"FPCANCEL_RETRY_MAX_SECONDS: {settings.retry_max_seconds:g} is below "
+            f"FPCANCEL_RETRY_BASE_SECONDS ({settings.retry_base_seconds:g})"
         )
-    return Settings(
-        base_url=check_base_url(env.get("FRONTPAYMENT_BASE_URL", "").strip() or DEMO_BASE_URL),
-        token=check_token(env.get("FRONTPAYMENT_TOKEN", "")),
-        database_url=check_database_url(
-            env.get("FPCANCEL_DATABASE_URL", "").strip() or "sqlite:///fpcancel.db"
-        ),
-        broker_url=check_broker_url(
-            env.get("FPCANCEL_BROKER_URL", "").strip() or "redis://localhost:6379/0"
-        ),
-        max_attempts=_whole(env, "FPCANCEL_MAX_ATTEMPTS", 8, minimum=1, maximum=1000),
-        retry_base_seconds=retry_base,
-        retry_max_seconds=retry_max,
-        http_timeout_seconds=_number(
-            env, "FPCANCEL_HTTP_TIMEOUT_SECONDS", 15.0, minimum=0.01, maximum=600
-        ),
-        rate_limit=parse_rate_limit(env.get("FPCANCEL_RATE_LIMIT", "").strip() or "240/60"),
-        scheduler_interval_seconds=_number(
-            env, "FPCANCEL_SCHEDULER_INTERVAL_SECONDS", 1.0, minimum=0.01, maximum=60
-        ),
-        dispatch_lease_seconds=_number(
-            env, "FPCANCEL_DISPATCH_LEASE_SECONDS", 60.0, minimum=0.1, maximum=DAY_SECONDS
-        ),
-        max_lost_claims=_whole(env, "FPCANCEL_MAX_LOST_CLAIMS", 3, minimum=1, maximum=100),
-    )
+    return settings

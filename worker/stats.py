@@ -19,11 +19,12 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from fpcancel.classify import Outcome
+from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.queries import iso
+from fpcancel.statuses import TERMINAL_STATUSES, JobStatus
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-
-from models.tables import TERMINAL_STATUSES, CancelAttempt, CancelJob, JobStatus
-from worker.queries import iso
 
 PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 
@@ -75,7 +76,7 @@ def _call_rows(session: Session, since: datetime | None) -> Iterable[Any]:
         CancelAttempt.kind,
         CancelAttempt.duration_ms,
         func.count(),
-        func.count().filter(CancelAttempt.outcome == "rate_limited"),
+        func.count().filter(CancelAttempt.outcome == Outcome.RATE_LIMITED.value),
         func.count().filter(CancelAttempt.rate_wait_ms > 0),
         func.coalesce(func.sum(CancelAttempt.rate_wait_ms), 0),
     ).group_by(CancelAttempt.kind, CancelAttempt.duration_ms)

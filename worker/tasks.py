@@ -1,8 +1,10 @@
 """The cancel task: claim the job, call, classify, record, then finish or schedule.
 
-Every decision is made by `worker.decisions` and `worker.transitions`; this module only carries
-them out, one short transaction at a time, and never holds a database connection while it waits
-for the rate limiter or the provider.
+Every decision is made by the pure core (`fpcancel.classify`: what an answer means;
+`fpcancel.pauses`: what it means for the fleet; `fpcancel.transitions`: where the job goes) and
+every write goes through `fpcancel.jobstore`. This module only carries them out, one short
+transaction at a time, and never holds a database connection while it waits for the rate limiter
+or the provider.
 """
 
 import logging
@@ -12,24 +14,18 @@ from datetime import datetime
 from typing import TypeVar
 
 from celery import shared_task
+from fpcancel import jobstore, metrics
+from fpcancel.answers import Answer, CallResult, ProviderError
+from fpcancel.app import TASK_NAME
+from fpcancel.classify import Decision, classify_cancel, classify_status_check
+from fpcancel.pauses import pause_seconds, plan_pause
+from fpcancel.ratelimit import wait_for_slot
+from fpcancel.runtime import Runtime, current
+from fpcancel.statuses import AttemptKind, PauseReason
+from fpcancel.transitions import ClaimedJob, JobUpdate, after_cancel, after_status_check
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
-from models.tables import AttemptKind
-from worker import jobs, metrics
-from worker.app import TASK_NAME
-from worker.decisions import (
-    Block,
-    Decision,
-    classify_cancel,
-    classify_status_check,
-    pause_seconds,
-)
-from worker.provider import Answer, ProviderError
-from worker.ratelimit import wait_for_slot
-from worker.runtime import Runtime, current
-from worker.transitions import ClaimedJob, JobUpdate, after_cancel, after_status_check
 
 log = logging.getLogger("fpcancel.calls")
 T = TypeVar("T")
@@ -61,7 +57,7 @@ def run_job(runtime: Runtime, job_id: int, token: str) -> str:
     settings = runtime.settings
     now = runtime.clock()
     job = in_transaction(
-        runtime, lambda s: jobs.claim_job(s, job_id, token, now, settings.claim_lease_seconds)
+        runtime, lambda s: jobstore.claim_job(s, job_id, token, now, settings.claim_lease_seconds)
     )
     if job is None:
         return "skipped"  # a duplicate or stale message: someone else has (or had) this job
@@ -101,7 +97,7 @@ def _give_back(
     now = runtime.clock()
     in_transaction(
         runtime,
-        lambda s: jobs.release_job(s, job, now, after_seconds, call_left=call_left),
+        lambda s: jobstore.release_job(s, job, now, after_seconds, call_left=call_left),
         patience=30,
     )
 
@@ -126,7 +122,7 @@ def _cancel(runtime: Runtime, job: ClaimedJob) -> str:
     client = runtime.client
     # Marked before the wait, so the POST leaves the moment its slot is granted: the gap between
     # the limiter's stamp and the provider's arrival time is what the limiter's margin covers.
-    in_transaction(runtime, lambda s: jobs.mark_in_call(s, job, runtime.clock()), patience=10)
+    in_transaction(runtime, lambda s: jobstore.mark_in_call(s, job, runtime.clock()), patience=10)
     call = _call(
         runtime, job, AttemptKind.CANCEL, lambda: client.cancel_order(job.order_uuid, job.note)
     )
@@ -147,7 +143,7 @@ def _call(
     if waited is None:
         return None
     started = runtime.clock()
-    result: Answer | ProviderError
+    result: CallResult
     try:
         result = send()
     except ProviderError as exc:
@@ -163,7 +159,7 @@ class Call:
     started: datetime
     finished: datetime
     rate_wait_seconds: float
-    result: Answer | ProviderError
+    result: CallResult
 
 
 def _record(
@@ -172,7 +168,7 @@ def _record(
     """Write the attempt; keep trying while the database is away, for as long as we hold the job."""
     held = in_transaction(
         runtime,
-        lambda s: jobs.record_call(
+        lambda s: jobstore.record_call(
             s,
             job,
             kind=call.kind,
@@ -218,51 +214,49 @@ def _record(
     )
 
 
-def _heed(runtime: Runtime, decision: Decision, result: Answer | ProviderError) -> float:
-    """Pause the whole fleet when the provider says so; returns the pause in seconds."""
+def _heed(runtime: Runtime, decision: Decision, result: CallResult) -> float:
+    """Carry out what the call means for the fleet (`fpcancel.pauses`); returns the pause."""
     limiter, settings = runtime.limiter, runtime.settings
-    if decision.block is None:
-        if isinstance(result, Answer):
-            limiter.note_success()
-            if result.headers.get("x-ratelimit-remaining", "").strip() == "0":
-                # The provider's window is spent: wait for ours to free a slot, whoever else
-                # shares the token.
-                limiter.pause("rate_limited", limiter.window_full_for())
+    plan = plan_pause(decision, result)
+    if plan.went_through:
+        limiter.note_success()
+    if plan.reason is None:
         return 0.0
-    metrics.PAUSES.labels(decision.block.value).inc()
-    if decision.block is Block.RATE_LIMITED:
-        seconds = decision.retry_after_seconds
-        if seconds is None:
-            seconds = settings.rate_limit.per_seconds
-        limiter.pause("rate_limited", seconds)
-        log.warning("provider answered 429: every worker pauses calls for %.1f s", seconds)
-        return seconds
-    failures = limiter.note_failure(decision.block.value)
-    seconds = pause_seconds(failures, settings.retry_base_seconds, settings.retry_max_seconds)
-    limiter.pause(decision.block.value, seconds)
+    failures = limiter.note_failure(plan.reason) if plan.grows else 0
+    seconds = pause_seconds(
+        plan,
+        failures_in_a_row=failures,
+        window_frees_in=limiter.window_full_for() if plan.until_window_frees else 0.0,
+        rate_window_seconds=settings.rate_limit.per_seconds,
+        retry_base_seconds=settings.retry_base_seconds,
+        retry_max_seconds=settings.retry_max_seconds,
+    )
+    limiter.pause(plan.reason, seconds)
+    if plan.until_window_frees:
+        return 0.0  # the provider's window is spent, but this call went through
+    metrics.PAUSES.labels(plan.reason.value).inc()
     status = result.status if isinstance(result, Answer) else "-"
-    if decision.block is Block.NOT_SENT:
-        log.error(
-            "a request to the provider could not be built (%s, %d in a row): every worker pauses "
-            "calls for %.1f s; check FRONTPAYMENT_BASE_URL and FRONTPAYMENT_TOKEN",
-            result,
-            failures,
-            seconds,
-        )
-    elif decision.block is Block.UNAUTHORIZED:
-        log.error(
-            "provider refused the token (HTTP %s, %d in a row): every worker pauses calls for "
-            "%.1f s; fix FRONTPAYMENT_TOKEN and restart the workers",
-            status,
-            failures,
-            seconds,
-        )
+    if plan.reason is PauseReason.RATE_LIMITED:
+        log.warning("provider answered 429: every worker pauses calls for %.1f s", seconds)
     else:
         log.error(
-            "provider URL looks wrong (HTTP %s without the API's answer, %d in a row): every "
-            "worker pauses calls for %.1f s; check FRONTPAYMENT_BASE_URL",
+            "%s (HTTP %s, %d in a row): every worker pauses calls for %.1f s; %s",
+            _FAULTS[plan.reason],
             status,
             failures,
             seconds,
+            _FIXES[plan.reason],
         )
     return seconds
+
+
+_FAULTS = {
+    PauseReason.UNAUTHORIZED: "provider refused the token",
+    PauseReason.MISROUTED: "provider URL looks wrong (an answer that is not the API's)",
+    PauseReason.NOT_SENT: "a request to the provider could not be built",
+}
+_FIXES = {
+    PauseReason.UNAUTHORIZED: "fix FRONTPAYMENT_TOKEN and restart the workers",
+    PauseReason.MISROUTED: "check FRONTPAYMENT_BASE_URL",
+    PauseReason.NOT_SENT: "check FRONTPAYMENT_BASE_URL and FRONTPAYMENT_TOKEN",
+}

@@ -1,25 +1,47 @@
-"""Where a job goes after a call: pure functions from (job, decision, policy, now) to its new state.
+"""The job's state machine, as pure functions from (job, what happened, policy, now) to its new
+column values. `fpcancel.jobstore` applies what these return; nothing here touches the database,
+the network or a clock of its own.
 
-The task applies the `JobUpdate` these return; nothing here touches the database or the clock.
+    enqueue ──▶ queued ──claim──▶ running ──call──▶ succeeded | already_paid | not_found
+                  ▲  ▲               │  │                     | invalid_payload | dead | failed
+                  │  └──release──────┘  │
+                  │  (no slot, stopping)│ try again later (5xx, timeout, 429, a refused token)
+                  │                     ▼
+       jobs retry └──── dead, failed  retrying ──claim──▶ running ...
+                                        ▲
+                          worker lost ──┘ (or `failed` when lost too often)
+
+The rules that decide each arrow live here once: a new row's values (`new_job_values`), which
+waiting status a job goes back to (`waiting_status`), what "no longer held by a worker" resets
+(`NOT_HELD`), a call's consequence (`after_cancel`, `after_status_check`), a lost worker's job
+(`after_lost_claim`) and a job sent round again by ops (`round_again_values`).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
-from models.tables import JobStatus
-from worker.decisions import Decision, retry_delay_seconds
+from fpcancel.backoff import retry_delay_seconds
+from fpcancel.classify import Decision
+from fpcancel.statuses import TERMINAL_STATUSES, JobStatus
+
+# A job no worker holds: no message in flight, no claim, no call on the wire.
+NOT_HELD: Mapping[str, Any] = MappingProxyType(
+    {"dispatch_token": None, "dispatched_at": None, "claimed_until": None, "in_call_since": None}
+)
 
 
 @dataclass(frozen=True)
 class Policy:
-    """The settings transitions depend on (SPEC.md, "Configuration")."""
+    """The settings transitions depend on (SPEC.md, "Configuration"; README, "More settings")."""
 
     max_attempts: int
     retry_base_seconds: float
     retry_max_seconds: float
     http_timeout_seconds: float
+    max_lost_claims: int = 3
 
 
 @dataclass(frozen=True)
@@ -41,9 +63,20 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True)
+class LostClaim:
+    """A running job whose worker's claim expired (the worker died or stalled)."""
+
+    id: int
+    attempts: int
+    round_start_attempts: int
+    call_may_have_left: bool  # a cancel was on the wire, or an earlier one is still unsettled
+    lost_claims: int
+
+
+@dataclass(frozen=True)
 class JobUpdate:
-    """The job's new column values; `release` means it goes back to wait, `proceed` that the
-    same run goes on to a cancel POST (after a status check that settled nothing)."""
+    """The job's new column values; `retry_in_seconds` when it waits for another try, `proceed`
+    when the same run goes on to a cancel POST (after a status check that settled nothing)."""
 
     status: JobStatus
     values: dict[str, Any] = field(default_factory=dict)
@@ -52,18 +85,49 @@ class JobUpdate:
 
     @property
     def final(self) -> bool:
-        return self.status not in (JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.RETRYING)
+        return self.status in TERMINAL_STATUSES
+
+
+def new_job_values(
+    *,
+    order_uuid: str,
+    note: str,
+    source: str | None,
+    lane: str,
+    now: datetime,
+    dispatch_token: str | None = None,
+) -> dict[str, Any]:
+    """Every column of a new job, whichever way it is written (one insert or a bulk file)."""
+    return {
+        "order_uuid": order_uuid,
+        "note": note,
+        "source": source,
+        "lane": lane,
+        "status": JobStatus.QUEUED.value,
+        "attempts": 0,
+        "round_start_attempts": 0,
+        "needs_status_check": False,
+        "lost_claims": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+        "dispatch_token": dispatch_token,
+        "dispatched_at": now if dispatch_token else None,
+    }
+
+
+def waiting_status(status_before: str, *, call_may_have_left: bool) -> JobStatus:
+    """The status a job waits in when it goes back: `queued` until a call of this round was
+    answered or may have left, `retrying` after (SPEC.md: another attempt is due)."""
+    if call_may_have_left or status_before == JobStatus.RETRYING:
+        return JobStatus.RETRYING
+    return JobStatus.QUEUED
 
 
 def _finish(status: JobStatus, now: datetime, **values: Any) -> JobUpdate:
     return JobUpdate(
         status,
-        {
-            "finished_at": now,
-            "next_attempt_at": None,
-            "needs_status_check": False,
-            **values,
-        },
+        {"finished_at": now, "next_attempt_at": None, "needs_status_check": False, **values},
     )
 
 
@@ -125,3 +189,46 @@ def after_status_check(
     if job.attempts_in_round() >= policy.max_attempts:
         return _finish(JobStatus.DEAD, now)
     return JobUpdate(JobStatus.RUNNING, {"needs_status_check": False}, proceed=True)
+
+
+def after_lost_claim(job: LostClaim, policy: Policy, now: datetime) -> JobUpdate:
+    """A job whose worker was lost waits again (with a status check first if a cancel may have
+    left, once the provider can have finished it), or fails when its workers keep dying."""
+    lost = job.lost_claims + 1
+    if lost >= policy.max_lost_claims:
+        return _finish(
+            JobStatus.FAILED,
+            now,
+            lost_claims=lost,
+            last_message=f"its worker was lost {lost} times while holding this job",
+            **NOT_HELD,
+        )
+    wait = policy.http_timeout_seconds if job.call_may_have_left else 0.0
+    had_calls = job.attempts > job.round_start_attempts
+    status = waiting_status(
+        JobStatus.RETRYING if had_calls else JobStatus.QUEUED,
+        call_may_have_left=job.call_may_have_left,
+    )
+    return JobUpdate(
+        status,
+        {
+            "next_attempt_at": now + timedelta(seconds=wait),
+            "needs_status_check": job.call_may_have_left,
+            "lost_claims": lost,
+            **NOT_HELD,
+        },
+    )
+
+
+def round_again_values(now: datetime) -> dict[str, Any]:
+    """A dead or failed job sent round again by ops (`jobs retry`); the store also moves
+    `round_start_attempts` up to `attempts`, so the job gets FPCANCEL_MAX_ATTEMPTS more."""
+    return {
+        "status": JobStatus.QUEUED.value,
+        "next_attempt_at": now,
+        "finished_at": None,
+        "needs_status_check": False,
+        "lost_claims": 0,
+        "updated_at": now,
+        **NOT_HELD,
+    }

@@ -8,9 +8,9 @@ never refused downstream.
 
 import re
 
-from models.tables import LANES
-from worker.errors import ValidationError
-from worker.textsafe import trim
+from fpcancel.errors import ValidationError
+from fpcancel.statuses import LANES
+from fpcancel.textsafe import trim
 
 ORDER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SOURCE_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")

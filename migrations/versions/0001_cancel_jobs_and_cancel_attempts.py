@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import models.types
+import fpcancel.models.types
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -34,21 +34,21 @@ def upgrade() -> None:
         sa.Column("lane", sa.String(length=8), server_default="live", nullable=False),
         sa.Column("status", sa.String(length=16), server_default="queued", nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("next_attempt_at", models.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("next_attempt_at", fpcancel.models.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_http_status", sa.Integer(), nullable=True),
         sa.Column("last_message", sa.Text(), nullable=True),
-        sa.Column("created_at", models.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", models.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", models.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", fpcancel.models.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", fpcancel.models.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", fpcancel.models.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_errors", sa.Text(), nullable=True),
         sa.Column("round_start_attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column(
             "needs_status_check", sa.Boolean(), server_default=sa.text("(false)"), nullable=False
         ),
         sa.Column("dispatch_token", sa.String(length=32), nullable=True),
-        sa.Column("dispatched_at", models.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("claimed_until", models.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("in_call_since", models.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("dispatched_at", fpcancel.models.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("claimed_until", fpcancel.models.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("in_call_since", fpcancel.models.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("lost_claims", sa.Integer(), server_default="0", nullable=False),
         sa.CheckConstraint("lane IN ('live', 'bulk')", name="ck_cancel_jobs_lane"),
         sa.CheckConstraint(
@@ -95,8 +95,8 @@ def upgrade() -> None:
         sa.Column("job_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("number", sa.Integer(), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
-        sa.Column("started_at", models.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", models.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("started_at", fpcancel.models.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", fpcancel.models.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("duration_ms", sa.Integer(), nullable=False),
         sa.Column("http_status", sa.Integer(), nullable=True),
         sa.Column("outcome", sa.String(length=24), nullable=False),

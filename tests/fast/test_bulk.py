@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fpcancel.bulk import BulkInputError, validate_rows
+from fpcancel.cli import main
 from sqlalchemy import create_engine, text
-
-from worker.bulk import BulkInputError, validate_rows
-from worker.cli import main
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-
-from worker.cli import main
+from fpcancel.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -13,24 +13,24 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner, Result
+from fpcancel import jobstore, render
+from fpcancel.bulk import BulkInputError, validate_rows, write_bulk
+from fpcancel.cli import main
+from fpcancel.errors import ValidationError
+from fpcancel.feed import Scheduler
+from fpcancel.models.db import make_engine, make_session_factory
+from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.ops import Candidate, RetryResult
+from fpcancel.producer import Producer
+from fpcancel.runtime import Runtime
+from fpcancel.tasks import run_job
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import make_engine, make_session_factory
-from models.tables import CancelAttempt, CancelJob
 from tests.fakes import TOKEN, Clock, FakeTransport, Reply, fake_client, sqlite_runtime
-from worker import bulk, render
-from worker.bulk import BulkInputError, validate_rows, write_bulk
-from worker.cli import main
-from worker.errors import ValidationError
-from worker.ops import Candidate, RetryResult
-from worker.producer import Producer
-from worker.runtime import Runtime
-from worker.scheduler import Scheduler
-from worker.tasks import run_job
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 # What a hostile answer or note carries: clear screen, an OSC 8 hyperlink, an OSC 52 clipboard
@@ -149,8 +149,8 @@ def test_the_python_api_refuses_what_cannot_be_stored_with_validation_error(
     """NUL, lone surrogates, escape sequences and invisible-only notes: `ValidationError` from
     `enqueue`, `BulkInputError` from the bulk validator; never `DataError` or
     `UnicodeEncodeError`, and nothing written."""
-    from worker.app import make_celery
-    from worker.settings import Settings
+    from fpcancel.app import make_celery
+    from fpcancel.settings import Settings
 
     producer = Producer(sessions, make_celery(Settings(broker_url="memory://")))
     with pytest.raises(ValidationError) as caught:
@@ -220,7 +220,7 @@ def test_a_failure_in_the_final_move_leaves_no_job(
     def broken(*_: Any) -> int:
         raise OperationalError("INSERT", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(bulk, "_move_into_jobs", broken)
+    monkeypatch.setattr(jobstore, "_move_staged", broken)
     with pytest.raises(OperationalError):
         write_bulk(sessions, [("ODR1", "a")] * 1, source=None, lane="bulk", now=lambda: T0)
     assert job_count(sessions) == 0
@@ -484,7 +484,7 @@ def test_a_request_that_cannot_be_built_spends_no_attempt(tmp_path: Path) -> Non
 
 def test_a_huge_answer_is_read_only_so_far(tmp_path: Path) -> None:
     """A provider sending megabytes gets its first 64 KiB read and 2,000 characters kept."""
-    from worker.provider import BODY_READ_BYTES, FrontPaymentClient
+    from fpcancel.provider import BODY_READ_BYTES, FrontPaymentClient
 
     class Counting(io.BytesIO):
         taken = 0
@@ -522,7 +522,7 @@ def test_a_huge_answer_is_read_only_so_far(tmp_path: Path) -> None:
 
 def test_json_nested_past_the_parsers_depth_is_text_not_a_crash() -> None:
     """A body of 100,000 `[` is not JSON to us; the answer is kept as text."""
-    from worker.provider import parse_answer
+    from fpcancel.provider import parse_answer
 
     answer = parse_answer(510, b"[" * 100_000, {"Content-Type": "application/json"})
     assert answer.body is None and answer.text.startswith("[[[")
@@ -562,7 +562,7 @@ def test_the_largest_job_id_is_simply_unknown(env: dict[str, str]) -> None:
 
 def test_metrics_listen_on_loopback_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
     """`--metrics-port` alone binds 127.0.0.1; `--metrics-host` chooses."""
-    from worker import metrics
+    from fpcancel import metrics
 
     bound: list[tuple[int, str]] = []
     monkeypatch.setattr(metrics, "start_http_server", lambda port, addr: bound.append((port, addr)))
@@ -577,7 +577,7 @@ def test_the_sandbox_says_loudly_when_it_listens_beyond_loopback(
     monkeypatch: pytest.MonkeyPatch, host: str, loud: bool
 ) -> None:
     """Its control endpoints have no authentication: fine on loopback, a warning elsewhere."""
-    from worker import sandbox
+    from fpcancel import sandbox
 
     monkeypatch.setattr(sandbox.SandboxServer, "serve_forever", lambda self: self.stop())
     result = CliRunner().invoke(main, ["sandbox", "--host", host, "--port", "0"])

@@ -4,14 +4,14 @@ import socket
 from pathlib import Path
 
 import requests
+from fpcancel import metrics
+from fpcancel.feed import Scheduler
+from fpcancel.models.tables import CancelJob
+from fpcancel.producer import Producer
+from fpcancel.tasks import run_job
 from prometheus_client import REGISTRY
 
-from models.tables import CancelJob
 from tests.fakes import Clock, FakeTransport, documented, sqlite_runtime
-from worker import metrics
-from worker.producer import Producer
-from worker.scheduler import Scheduler
-from worker.tasks import run_job
 
 
 def sample(name: str, **labels: str) -> float:

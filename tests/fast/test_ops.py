@@ -11,20 +11,20 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from fpcancel import ops
+from fpcancel.cli import main
+from fpcancel.feed import Scheduler
+from fpcancel.models.db import make_engine, make_session_factory
+from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.queries import JOB_FIELDS
+from fpcancel.runtime import Runtime
+from fpcancel.tasks import run_job
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import make_engine, make_session_factory
-from models.tables import CancelAttempt, CancelJob
 from tests.fakes import Clock, FakeTransport, documented, sqlite_runtime
-from worker import ops
-from worker.cli import main
-from worker.queries import JOB_FIELDS
-from worker.runtime import Runtime
-from worker.scheduler import Scheduler
-from worker.tasks import run_job
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 TERMINAL = {"succeeded", "already_paid", "not_found", "invalid_payload", "dead", "failed"}
@@ -533,7 +533,7 @@ def test_percentiles_from_a_histogram_match_percentile_cont(values: list[int], q
     """Any durations, any quantile: the histogram gives what percentile_cont gives over the rows."""
     from collections import Counter
 
-    from worker.stats import percentiles
+    from fpcancel.stats import percentiles
 
     got = percentiles(Counter(values), {"q": q})["q"]
     assert got == pytest.approx(percentile_cont(values, q), abs=0.051)

@@ -5,15 +5,15 @@ import json
 from pathlib import Path
 
 import pytest
+from fpcancel.answers import AnswerLost, ConnectFailed
+from fpcancel.feed import Scheduler
+from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.producer import Producer
+from fpcancel.runtime import Runtime
+from fpcancel.tasks import run_job
 from sqlalchemy import func, select
 
-from models.tables import CancelAttempt, CancelJob
 from tests.fakes import TOKEN, Clock, FakeTransport, Reply, documented, sqlite_runtime
-from worker.producer import Producer
-from worker.provider import AnswerLost, ConnectFailed
-from worker.runtime import Runtime
-from worker.scheduler import Scheduler
-from worker.tasks import run_job
 
 TERMINAL = {"succeeded", "already_paid", "not_found", "invalid_payload", "dead", "failed"}
 
@@ -258,7 +258,7 @@ def test_a_job_whose_worker_died_mid_call_is_checked_before_posting_again(
     runtime: Runtime, transport: FakeTransport, clock: Clock
 ) -> None:
     """Claim expired after the POST left: the scheduler takes it back and a status check comes first."""
-    from worker import jobs
+    from fpcancel import jobstore as jobs
 
     transport.status_script("ODR1", Reply(200, {"data": {"status": "CANCELLED"}}))
     job_id = enqueue(runtime, "ODR1")
@@ -280,7 +280,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_with_a_reason(
     runtime: Runtime, clock: Clock
 ) -> None:
     """After FPCANCEL_MAX_LOST_CLAIMS expired claims the job fails instead of looping."""
-    from worker import jobs
+    from fpcancel import jobstore as jobs
 
     job_id = enqueue(runtime, "ODR1")
     scheduler = Scheduler(runtime, member="test")
@@ -302,7 +302,7 @@ def test_a_large_waiting_bulk_is_fed_a_little_at_a_time_and_never_resent_wholesa
 ) -> None:
     """1,000 bulk jobs waiting their turn: each round sends only what the fleet can start soon,
     and after the dispatch lease only those unclaimed few are sent again."""
-    from worker.bulk import BulkRow
+    from fpcancel.bulk import BulkRow
 
     Producer(runtime.sessions, runtime.app, runtime.clock).enqueue_bulk(
         [BulkRow(f"ODR{i}", "n", i) for i in range(1000)]

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
-
-from worker.cli import main
-from worker.sandbox import (
+from fpcancel.cli import main
+from fpcancel.sandbox import (
     OrderScript,
     SandboxControl,
     SandboxServer,
@@ -970,7 +969,7 @@ def test_stop_cuts_keep_alive_connections() -> None:
 def test_serve_forever_returns_cleanly_on_sigterm() -> None:
     """serve_forever in a process stops on SIGTERM and the process exits 0."""
     code = (
-        "from worker.sandbox import SandboxServer\n"
+        "from fpcancel.sandbox import SandboxServer\n"
         "server = SandboxServer(port=0)\n"
         "print(server.port, flush=True)\n"
         "server.serve_forever()\n"

@@ -8,13 +8,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fpcancel.answers import Answer, AnswerLost, ConnectFailed
+from fpcancel.classify import Decision, classify_cancel, classify_status_check
+from fpcancel.provider import parse_answer
+from fpcancel.statuses import JobStatus
+from fpcancel.transitions import ClaimedJob, JobUpdate, Policy, after_cancel, after_status_check
 from hypothesis import given
 from hypothesis import strategies as st
-
-from models.tables import JobStatus
-from worker.decisions import Decision, classify_cancel, classify_status_check
-from worker.provider import Answer, AnswerLost, ConnectFailed, parse_answer
-from worker.transitions import ClaimedJob, JobUpdate, Policy, after_cancel, after_status_check
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 POLICY = Policy(

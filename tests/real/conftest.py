@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fpcancel.migrate import upgrade
+from fpcancel.models.db import make_engine, make_session_factory
+from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.sandbox import SandboxServer
 from redis import Redis
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from models.db import make_engine, make_session_factory
-from models.tables import CancelAttempt, CancelJob
 from tests.conftest import need
-from worker.migrate import upgrade
-from worker.sandbox import SandboxServer
 
 REDIS_URL = os.environ.get("FPCANCEL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 PG_ADMIN_URL = os.environ.get(

@@ -5,11 +5,16 @@ import threading
 import time
 from typing import Any
 
+from fpcancel.app import make_celery
+from fpcancel.bulk import BulkRow
+from fpcancel.models.db import make_engine, make_session_factory
+from fpcancel.models.tables import CancelJob
+from fpcancel.producer import Producer
+from fpcancel.sandbox import SandboxServer
+from fpcancel.settings import Settings
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.pool import NullPool
 
-from models.db import make_engine, make_session_factory
-from models.tables import CancelJob
 from tests.real.conftest import (
     FPCANCEL,
     all_terminal,
@@ -18,11 +23,6 @@ from tests.real.conftest import (
     statuses,
     wait_until,
 )
-from worker.app import make_celery
-from worker.bulk import BulkRow
-from worker.producer import Producer
-from worker.sandbox import SandboxServer
-from worker.settings import Settings
 
 
 def test_concurrent_bulk_runs_and_single_enqueues_make_one_job_per_order(

@@ -4,8 +4,9 @@ a `fpcancel worker` process finishes it, and `jobs list/show` and `stats` tell t
 import json
 from typing import Any
 
+from fpcancel.sandbox import SandboxServer
+
 from tests.real.conftest import all_terminal, cli, statuses, wait_until
-from worker.sandbox import SandboxServer
 
 ORDER = "ODR900000001"
 STATS_KEYS = {
@@ -92,11 +93,10 @@ def test_stats_latency_is_postgresqls_percentile_cont(sessions: Any) -> None:
     import random
     from datetime import timedelta
 
+    from fpcancel.models.db import utcnow
+    from fpcancel.models.tables import CancelAttempt, CancelJob
+    from fpcancel.stats import PERCENTILES, collect_stats
     from sqlalchemy import func, insert, select
-
-    from models.db import utcnow
-    from models.tables import CancelAttempt, CancelJob
-    from worker.stats import PERCENTILES, collect_stats
 
     rng = random.Random(7)
     now = utcnow()

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from fpcancel.sandbox import SandboxServer
+
 from tests.real.conftest import (
     TOKEN,
     all_terminal,
@@ -12,7 +14,6 @@ from tests.real.conftest import (
     statuses,
     wait_until,
 )
-from worker.sandbox import SandboxServer
 
 TERMINAL_NOT_SUCCEEDED = {"already_paid", "not_found", "invalid_payload", "dead", "failed"}
 

@@ -5,10 +5,10 @@ import shutil
 import subprocess
 from typing import Any
 
+from fpcancel.sandbox import SandboxServer
 from redis import Redis
 
 from tests.real.conftest import FPCANCEL, TOKEN, all_terminal, cli, wait_until
-from worker.sandbox import SandboxServer
 
 
 def test_the_token_appears_nowhere_after_a_full_run(

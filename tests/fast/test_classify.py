@@ -9,21 +9,18 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from models.tables import JobStatus
-from worker.decisions import (
-    Block,
+from fpcancel.answers import Answer, AnswerLost, ConnectFailed
+from fpcancel.classify import (
     Decision,
     Outcome,
     classify_cancel,
     classify_status_check,
     errors_json,
-    pause_seconds,
-    retry_delay_seconds,
 )
-from worker.provider import Answer, AnswerLost, ConnectFailed, parse_answer
+from fpcancel.provider import parse_answer
+from fpcancel.statuses import JobStatus, PauseReason
+from hypothesis import given
+from hypothesis import strategies as st
 
 NOW = 1_750_000_000.0  # an epoch second the tests pretend it is
 JSON = {"Content-Type": "application/json"}
@@ -151,7 +148,7 @@ def test_404_without_order_not_found_blocks_as_misrouted(answer: Answer) -> None
     """A 404 that is not the API's says the URL is wrong: block, never terminal, never counted."""
     decision = classify_cancel(answer)
     assert kind(decision) == "block"
-    assert decision.block is Block.MISROUTED
+    assert decision.block is PauseReason.MISROUTED
     assert decision.final is None
     assert not decision.counts
 
@@ -160,7 +157,7 @@ def test_404_without_order_not_found_blocks_as_misrouted(answer: Answer) -> None
 def test_a_redirect_blocks_as_misrouted(status: int) -> None:
     """A redirect means the base URL is wrong, not the order: block, do not count."""
     decision = classify_cancel(parse_answer(status, b"", {"Location": "https://elsewhere/"}))
-    assert decision.block is Block.MISROUTED
+    assert decision.block is PauseReason.MISROUTED
     assert not decision.counts
 
 
@@ -235,7 +232,7 @@ def test_429_blocks_as_rate_limited_and_honours_retry_after() -> None:
     )
     decision = classify_cancel(answer, NOW)
     assert kind(decision) == "block"
-    assert decision.block is Block.RATE_LIMITED
+    assert decision.block is PauseReason.RATE_LIMITED
     assert decision.outcome is Outcome.RATE_LIMITED
     assert not decision.counts
     assert decision.retry_after_seconds == 7
@@ -250,7 +247,7 @@ def test_429_with_only_ratelimit_reset_waits_until_the_reset() -> None:
 def test_429_without_any_hint_still_blocks() -> None:
     """A bare 429 blocks and leaves the pause length to the worker's own rule."""
     decision = classify_cancel(parse_answer(429, b"", {}), NOW)
-    assert decision.block is Block.RATE_LIMITED
+    assert decision.block is PauseReason.RATE_LIMITED
     assert decision.retry_after_seconds is None
 
 
@@ -262,7 +259,7 @@ def test_401_and_403_block_as_unauthorized_and_are_never_final(status: int, mess
     """A refused token is not the order's fault: block, never final, never counted."""
     decision = classify_cancel(api(status, message))
     assert kind(decision) == "block"
-    assert decision.block is Block.UNAUTHORIZED
+    assert decision.block is PauseReason.UNAUTHORIZED
     assert decision.final is None
     assert not decision.counts
 
@@ -363,21 +360,21 @@ def test_a_failed_status_check_posts_again(result: Any) -> None:
 def test_status_check_unauthorized_blocks(status: int) -> None:
     """A refused token on the status call blocks the fleet too."""
     decision = classify_status_check(api(status, "Unauthenticated."))
-    assert decision.block is Block.UNAUTHORIZED
+    assert decision.block is PauseReason.UNAUTHORIZED
     assert decision.final is None
 
 
 def test_status_check_429_blocks_with_retry_after() -> None:
     """A 429 on the status call pauses for its `Retry-After`."""
     decision = classify_status_check(api(429, "Too Many Attempts.", {"Retry-After": "3"}), NOW)
-    assert decision.block is Block.RATE_LIMITED
+    assert decision.block is PauseReason.RATE_LIMITED
     assert decision.retry_after_seconds == 3
 
 
 def test_status_check_html_404_blocks_as_misrouted() -> None:
     """An HTML 404 on the status call says the URL is wrong, not that the order is missing."""
     decision = classify_status_check(html(404, HTML_404))
-    assert decision.block is Block.MISROUTED
+    assert decision.block is PauseReason.MISROUTED
     assert decision.final is None
 
 
@@ -497,82 +494,3 @@ def test_any_status_check_answer_gives_one_consistent_decision(result: Any, now:
         assert decision.final in (JobStatus.SUCCEEDED, JobStatus.ALREADY_PAID, JobStatus.NOT_FOUND)
     if isinstance(result, Answer) and result.status in (401, 403, 429):
         assert said == "block"
-
-
-# -- retry_delay_seconds ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("retry_number", range(1, 13))
-def test_retry_delay_stays_within_the_full_jitter_bound(retry_number: int) -> None:
-    """Retry n waits in [0, min(max, base * 2^(n-1))]: 0 at rng=0, just under the bound as rng→1."""
-    bound = min(900.0, 5.0 * 2 ** (retry_number - 1))
-    low = retry_delay_seconds(retry_number, 5.0, 900.0, rng=lambda: 0.0)
-    high = retry_delay_seconds(retry_number, 5.0, 900.0, rng=lambda: 1 - 1e-12)
-    assert low == 0
-    assert bound * 0.999 < high <= bound
-
-
-def test_retry_delay_bound_doubles_until_the_cap() -> None:
-    """The upper bound grows 5, 10, 20, … and stops at the 900 s cap."""
-    highs = [retry_delay_seconds(n, 5.0, 900.0, rng=lambda: 1.0) for n in range(1, 13)]
-    assert highs == [5, 10, 20, 40, 80, 160, 320, 640, 900, 900, 900, 900]
-
-
-def test_retry_delay_for_huge_retry_numbers_is_the_cap() -> None:
-    """A job retried thousands of times waits at most the cap (no overflow)."""
-    assert retry_delay_seconds(10_000, 5.0, 900.0, rng=lambda: 1.0) == 900
-
-
-def test_a_longer_retry_after_wins() -> None:
-    """The provider's `Retry-After` beats our shorter backoff."""
-    assert retry_delay_seconds(1, 5.0, 900.0, retry_after_seconds=60.0, rng=lambda: 0.5) == 60
-
-
-def test_a_shorter_retry_after_loses() -> None:
-    """A `Retry-After` shorter than our backoff does not shorten it."""
-    assert retry_delay_seconds(3, 5.0, 900.0, retry_after_seconds=1.0, rng=lambda: 0.5) == 10
-
-
-def test_retry_delay_uses_the_injected_rng() -> None:
-    """The jitter comes from the rng it is handed: half the bound at rng=0.5."""
-    assert retry_delay_seconds(2, 0.2, 900.0, rng=lambda: 0.5) == pytest.approx(0.2)
-
-
-@given(
-    st.integers(1, 200),
-    st.floats(0, 1000),
-    st.floats(0, 10_000),
-    st.floats(0, 1, exclude_max=True),
-    st.none() | st.floats(0, 1e6),
-)
-def test_retry_delay_is_always_within_bounds(
-    n: int, base: float, cap: float, r: float, retry_after: float | None
-) -> None:
-    """Any attempt number, base, cap, rng value and Retry-After: a delay in the documented range."""
-    delay = retry_delay_seconds(n, base, cap, retry_after, rng=lambda: r)
-    bound = min(cap, base * 2.0 ** (n - 1))
-    assert 0 <= delay <= max(bound, retry_after or 0)
-    if retry_after is not None:
-        assert delay >= retry_after  # the provider's wait is never cut short
-    else:
-        assert delay <= bound
-
-
-# -- pause_seconds ------------------------------------------------------------------------------
-
-
-def test_pause_doubles_with_each_refusal_in_a_row() -> None:
-    """Repeated 401s or misroutes pause the fleet 5, 10, 20, 40 s…"""
-    assert [pause_seconds(n, 5.0, 900.0) for n in (1, 2, 3, 4)] == [5, 10, 20, 40]
-
-
-def test_pause_is_capped() -> None:
-    """However many refusals, the pause never exceeds the cap."""
-    assert pause_seconds(50, 5.0, 900.0) == 900
-    assert pause_seconds(10_000, 5.0, 900.0) == 900
-
-
-def test_pause_is_at_least_a_second() -> None:
-    """Even with a zero backoff base the fleet does not hammer a refusing provider."""
-    assert pause_seconds(1, 0.0, 900.0) >= 1
-    assert pause_seconds(1, 0.2, 0.5) >= 1

@@ -1,20 +1,20 @@
-"""What to do about an answer, as pure functions: no network, no database, no clock of their own.
+"""What a provider's answer means for its job, as pure functions: no network, no database, no
+clock of their own.
 
 `classify_cancel` and `classify_status_check` turn what a call returned (an `Answer` or a
-`TransportError`) into a decision; `retry_delay_seconds` turns an attempt number into a delay.
-The task only carries these decisions out.
+`ProviderError`) into a `Decision`: the job ends in a status, the fleet pauses (the call said
+nothing about the order), or it is tried again, after a status check when the call may have
+cancelled the order. `retry_after` reads how long the provider asked us to wait.
 """
 
 import json
-import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 
-from models.tables import JobStatus
-from worker.provider import Answer, ProviderError, RequestNotBuilt, TransportError
+from fpcancel.answers import Answer, CallResult, RequestNotBuilt, TransportError
+from fpcancel.statuses import JobStatus, PauseReason
 
 CANCELLED_MESSAGE = "cancelledOrderSuccessfully"
 ALREADY_PAID_MESSAGE = "orderStatusAlreadyPaid"
@@ -41,20 +41,11 @@ class Outcome(StrEnum):
     ORDER_NOT_FOUND = "order_not_found"
     ORDER_OPEN = "order_open"  # any other status: cancel again
     CHECK_FAILED = "check_failed"  # no usable answer: cancel again, as SPEC.md says
-    # either kind: the call says nothing about the order; the fleet pauses
+    # either kind: the call says nothing about the order; the fleet pauses (`fpcancel.pauses`)
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
     MISROUTED = "misrouted"
     NOT_SENT = "not_sent"  # the request could not be built: nothing left
-
-
-class Block(StrEnum):
-    """Why every worker stops calling for a while (the order is not at fault)."""
-
-    RATE_LIMITED = "rate_limited"  # 429: wait for Retry-After
-    UNAUTHORIZED = "unauthorized"  # 401/403: the token is refused
-    MISROUTED = "misrouted"  # a 404 or redirect that is not the API's: the URL is wrong
-    NOT_SENT = "not_sent"  # a request that cannot be built: a local fault
 
 
 @dataclass(frozen=True)
@@ -68,7 +59,7 @@ class Decision:
 
     outcome: Outcome
     final: JobStatus | None = None
-    block: Block | None = None
+    block: PauseReason | None = None
     ambiguous: bool = False
     retry_after_seconds: float | None = None
     counts: bool = True  # does this cancel POST count against FPCANCEL_MAX_ATTEMPTS
@@ -79,17 +70,17 @@ class Decision:
         return self.final is None and self.block is None
 
 
-def _blocked(outcome: Outcome, block: Block, answer: Answer, now: float) -> Decision:
+def _blocked(outcome: Outcome, block: PauseReason, answer: Answer, now: float) -> Decision:
     return Decision(
         outcome, block=block, counts=False, retry_after_seconds=retry_after(answer, now)
     )
 
 
 def _not_sent() -> Decision:
-    return Decision(Outcome.NOT_SENT, block=Block.NOT_SENT, counts=False)
+    return Decision(Outcome.NOT_SENT, block=PauseReason.NOT_SENT, counts=False)
 
 
-def classify_cancel(result: Answer | ProviderError, now_epoch: float = 0.0) -> Decision:
+def classify_cancel(result: CallResult, now_epoch: float = 0.0) -> Decision:
     """The SPEC's table of cancel answers (SPEC.md, "Job statuses"), never raising."""
     if isinstance(result, RequestNotBuilt) or not isinstance(result, Answer | TransportError):
         return _not_sent()
@@ -100,9 +91,9 @@ def classify_cancel(result: Answer | ProviderError, now_epoch: float = 0.0) -> D
     answer = result
     status, message = answer.status, answer.message
     if status in (401, 403):
-        return _blocked(Outcome.UNAUTHORIZED, Block.UNAUTHORIZED, answer, now_epoch)
+        return _blocked(Outcome.UNAUTHORIZED, PauseReason.UNAUTHORIZED, answer, now_epoch)
     if status == 429:
-        return _blocked(Outcome.RATE_LIMITED, Block.RATE_LIMITED, answer, now_epoch)
+        return _blocked(Outcome.RATE_LIMITED, PauseReason.RATE_LIMITED, answer, now_epoch)
     if 200 <= status < 300:
         if message == CANCELLED_MESSAGE:
             return Decision(Outcome.SUCCEEDED, final=JobStatus.SUCCEEDED)
@@ -115,7 +106,7 @@ def classify_cancel(result: Answer | ProviderError, now_epoch: float = 0.0) -> D
     if status == 404:
         if message == NOT_FOUND_MESSAGE:
             return Decision(Outcome.NOT_FOUND, final=JobStatus.NOT_FOUND)
-        return _blocked(Outcome.MISROUTED, Block.MISROUTED, answer, now_epoch)
+        return _blocked(Outcome.MISROUTED, PauseReason.MISROUTED, answer, now_epoch)
     if status == 417 and isinstance(answer.body, dict):
         return Decision(
             Outcome.INVALID_PAYLOAD,
@@ -123,7 +114,7 @@ def classify_cancel(result: Answer | ProviderError, now_epoch: float = 0.0) -> D
             errors=answer.body.get("errors"),
         )
     if 300 <= status < 400:
-        return _blocked(Outcome.MISROUTED, Block.MISROUTED, answer, now_epoch)
+        return _blocked(Outcome.MISROUTED, PauseReason.MISROUTED, answer, now_epoch)
     if status >= 500:
         return Decision(
             Outcome.AMBIGUOUS, ambiguous=True, retry_after_seconds=retry_after(answer, now_epoch)
@@ -136,7 +127,7 @@ def classify_cancel(result: Answer | ProviderError, now_epoch: float = 0.0) -> D
     return Decision(Outcome.FAILED, final=JobStatus.FAILED)
 
 
-def classify_status_check(result: Answer | ProviderError, now_epoch: float = 0.0) -> Decision:
+def classify_status_check(result: CallResult, now_epoch: float = 0.0) -> Decision:
     """A status check settles an ambiguous cancel, or says to cancel again."""
     if isinstance(result, RequestNotBuilt) or not isinstance(result, Answer | TransportError):
         return _not_sent()
@@ -144,13 +135,13 @@ def classify_status_check(result: Answer | ProviderError, now_epoch: float = 0.0
         return Decision(Outcome.CHECK_FAILED, counts=False)
     answer = result
     if answer.status in (401, 403):
-        return _blocked(Outcome.UNAUTHORIZED, Block.UNAUTHORIZED, answer, now_epoch)
+        return _blocked(Outcome.UNAUTHORIZED, PauseReason.UNAUTHORIZED, answer, now_epoch)
     if answer.status == 429:
-        return _blocked(Outcome.RATE_LIMITED, Block.RATE_LIMITED, answer, now_epoch)
+        return _blocked(Outcome.RATE_LIMITED, PauseReason.RATE_LIMITED, answer, now_epoch)
     if answer.status == 404:
         if answer.message == NOT_FOUND_MESSAGE:
             return Decision(Outcome.ORDER_NOT_FOUND, final=JobStatus.NOT_FOUND, counts=False)
-        return _blocked(Outcome.MISROUTED, Block.MISROUTED, answer, now_epoch)
+        return _blocked(Outcome.MISROUTED, PauseReason.MISROUTED, answer, now_epoch)
     if answer.status == 200:
         order_status = order_status_of(answer)
         if order_status == "CANCELLED":
@@ -197,30 +188,6 @@ def _asked_wait(answer: Answer, now_epoch: float) -> float | None:
         except ValueError:
             return None
     return None
-
-
-def retry_delay_seconds(
-    retry_number: int,
-    base_seconds: float,
-    max_seconds: float,
-    retry_after_seconds: float | None = None,
-    rng: Callable[[], float] = random.random,
-) -> float:
-    """Full jitter: random in [0, min(max, base * 2^(n-1))] before retry n (n ≥ 1); a longer
-    `Retry-After` from the provider wins."""
-    exponent = min(max(retry_number, 1) - 1, 64)  # 2**64 * base is past any cap already
-    ceiling = min(max_seconds, base_seconds * 2.0**exponent)
-    delay = rng() * ceiling
-    if retry_after_seconds is not None and retry_after_seconds > delay:
-        return retry_after_seconds
-    return delay
-
-
-def pause_seconds(failures_in_a_row: int, base_seconds: float, max_seconds: float) -> float:
-    """How long the fleet stops calling after a refused token or a wrong URL: doubling, at
-    least one second, at most `max_seconds`."""
-    exponent = min(max(failures_in_a_row, 1) - 1, 64)
-    return max(1.0, min(max_seconds, max(base_seconds, 1.0) * 2.0**exponent))
 
 
 def errors_json(errors: Any) -> str | None:

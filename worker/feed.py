@@ -1,8 +1,9 @@
-"""The scheduler: the job table is the queue of record, and this loop feeds the broker from it.
+"""The feed (each worker's scheduler): the job table is the queue of record, and this loop feeds
+the broker from it.
 
 Every `fpcancel worker` runs one; a lease in Redis lets one of them act at a time, and each change
-is a conditional update besides (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so two schedulers never
-send the same job. Each round it:
+is a conditional update besides (`FOR UPDATE SKIP LOCKED` on PostgreSQL, in `fpcancel.jobstore`),
+so two feeds never send the same job. Each round it:
 
 1. takes back jobs whose worker died holding them (the claim expired): they wait again, with a
    status check first if a cancel may have left; a job that loses its worker too often fails;
@@ -20,13 +21,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from fpcancel import jobstore, metrics
+from fpcancel.app import publish
+from fpcancel.jobstore import Dispatch
+from fpcancel.models.tables import CancelJob
+from fpcancel.runtime import Runtime
+from fpcancel.statuses import LANES, JobStatus
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-
-from models.tables import LANES, CancelJob, JobStatus
-from worker import jobs, metrics
-from worker.app import Dispatch, publish
-from worker.runtime import Runtime
 
 log = logging.getLogger("fpcancel.scheduler")
 
@@ -39,12 +41,6 @@ class RoundReport:
     sent: int = 0
     resent: int = 0
     publish_failed: bool = False
-
-
-def _lock(stmt: object, session: Session) -> object:
-    if session.get_bind().dialect.name == "postgresql":
-        return stmt.with_for_update(skip_locked=True)  # type: ignore[attr-defined]
-    return stmt
 
 
 class Scheduler:
@@ -86,7 +82,7 @@ class Scheduler:
         report.led = True
         now = rt.clock()
         with rt.sessions.begin() as session:
-            report.reclaimed, report.failed = self.take_back_expired(session, now)
+            report.reclaimed, report.failed = jobstore.take_back_expired(session, now, rt.policy)
             if self._gauges_due(now):
                 self.count_jobs(session)
         metrics.RECLAIMED.inc(report.reclaimed)
@@ -106,9 +102,7 @@ class Scheduler:
                     "broker unreachable (%s); %d jobs wait in the table", exc, len(dispatches)
                 )
                 with rt.sessions.begin() as session:
-                    jobs.clear_dispatch(
-                        session, [d.job_id for d in dispatches], [d.token for d in dispatches]
-                    )
+                    jobstore.clear_dispatch(session, dispatches)
         return report
 
     def _gauges_due(self, now: datetime) -> bool:
@@ -157,93 +151,9 @@ class Scheduler:
         return max(0, want - in_flight)
 
     def pick_due(self, session: Session, now: datetime, room: int) -> tuple[list[Dispatch], int]:
-        """Mark up to `room` due jobs as sent (customers first) and say which; plus how many of
-        them are re-sends of lost messages."""
-        settings = self.runtime.settings
-        lost_before = now - timedelta(seconds=settings.dispatch_lease_seconds)
-        picked: list[Dispatch] = []
-        resent = 0
-        for lane in LANES:  # customers first
-            if len(picked) >= room:
-                break
-            stmt = (
-                select(CancelJob.id, CancelJob.dispatch_token)
-                .where(
-                    CancelJob.status.in_(jobs.WAITING),
-                    CancelJob.lane == lane,
-                    CancelJob.next_attempt_at <= now,
-                    CancelJob.dispatch_token.is_(None) | (CancelJob.dispatched_at < lost_before),
-                )
-                .order_by(CancelJob.next_attempt_at, CancelJob.id)
-                .limit(room - len(picked))
-            )
-            rows = session.execute(_lock(stmt, session)).all()  # type: ignore[call-overload]
-            for row in rows:
-                token = uuid.uuid4().hex
-                changed = session.execute(
-                    update(CancelJob)
-                    .where(CancelJob.id == row.id, CancelJob.status.in_(jobs.WAITING))
-                    .where(
-                        CancelJob.dispatch_token.is_(None)
-                        if row.dispatch_token is None
-                        else CancelJob.dispatch_token == row.dispatch_token
-                    )
-                    .values(dispatch_token=token, dispatched_at=now)
-                ).rowcount  # type: ignore[attr-defined]
-                if changed:
-                    picked.append(Dispatch(row.id, token, lane))
-                    resent += row.dispatch_token is not None
-        return picked, resent
-
-    def take_back_expired(self, session: Session, now: datetime) -> tuple[int, int]:
-        """Jobs whose worker died holding them wait again; returns (taken back, failed)."""
-        settings = self.runtime.settings
-        stmt = select(
-            CancelJob.id,
-            CancelJob.dispatch_token,
-            CancelJob.attempts,
-            CancelJob.in_call_since,
-            CancelJob.needs_status_check,
-            CancelJob.lost_claims,
-        ).where(CancelJob.status == JobStatus.RUNNING.value, CancelJob.claimed_until < now)
-        rows = session.execute(_lock(stmt, session)).all()  # type: ignore[call-overload]
-        taken = failed = 0
-        for row in rows:
-            lost = row.lost_claims + 1
-            guard = (CancelJob.id == row.id, CancelJob.dispatch_token == row.dispatch_token)
-            if lost >= settings.max_lost_claims:
-                values = {
-                    "status": JobStatus.FAILED.value,
-                    "finished_at": now,
-                    "next_attempt_at": None,
-                    "last_message": f"its worker was lost {lost} times while holding this job",
-                }
-                failed += 1
-            else:
-                # A cancel may have left: settle it by the order's status before POSTing again,
-                # once the provider can have finished it.
-                maybe_sent = row.in_call_since is not None or row.needs_status_check
-                wait = settings.http_timeout_seconds if maybe_sent else 0.0
-                values = {
-                    "status": (JobStatus.RETRYING if row.attempts else JobStatus.QUEUED).value,
-                    "next_attempt_at": now + timedelta(seconds=wait),
-                    "needs_status_check": maybe_sent,
-                }
-                taken += 1
-            session.execute(
-                update(CancelJob)
-                .where(*guard)
-                .values(
-                    **values,
-                    lost_claims=lost,
-                    dispatch_token=None,
-                    dispatched_at=None,
-                    claimed_until=None,
-                    in_call_since=None,
-                    updated_at=now,
-                )
-            )
-            log.warning(
-                "job %s: its worker was lost (%d times); %s", row.id, lost, values["status"]
-            )
-        return taken, failed
+        """Mark up to `room` due jobs as sent (customers first); plus how many of them are
+        re-sends of lost messages."""
+        lost_before = now - timedelta(seconds=self.runtime.settings.dispatch_lease_seconds)
+        return jobstore.dispatch_due(
+            session, now, room, LANES, lost_before, make_token=lambda: uuid.uuid4().hex
+        )

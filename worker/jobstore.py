@@ -1,0 +1,555 @@
+"""The one module that changes the job table: every write to `cancel_jobs` and `cancel_attempts`.
+
+Each function takes the caller's `Session` and is one step of the state machine drawn in
+`fpcancel.transitions` (which decides the values; this module only writes them):
+
+    insert_jobs / insert_staged   enqueue, enqueue-bulk           (new)  ──▶ queued
+    dispatch_due / clear_dispatch the feed sends a waiting job    queued | retrying (message out)
+    claim_job                     a worker takes it               queued | retrying ──▶ running
+    mark_in_call                  a cancel POST is about to leave running
+    record_call                   a call's row, and its outcome   running ──▶ terminal | retrying
+    release_job                   back untouched (no slot, stop)  running ──▶ queued | retrying
+    take_back_expired             the worker was lost             running ──▶ retrying | failed
+    send_round_again              ops: `jobs retry`               dead | failed ──▶ queued
+
+Changes a worker makes to a job it holds are guarded by the job's `dispatch_token`: once the job
+was taken back, a late update touches nothing. `insert_job` is `insert_jobs([...])[0]`.
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from fpcancel.answers import Answer, CallResult
+from fpcancel.classify import Decision, errors_json
+from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.statuses import ACTIVE_SQL, ACTIVE_STATUSES, WAITING_STATUSES, AttemptKind, JobStatus
+from fpcancel.transitions import (
+    NOT_HELD,
+    ClaimedJob,
+    JobUpdate,
+    LostClaim,
+    Policy,
+    after_lost_claim,
+    new_job_values,
+    round_again_values,
+    waiting_status,
+)
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    case,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+WAITING = tuple(s.value for s in WAITING_STATUSES)
+RETRYABLE = (JobStatus.DEAD.value, JobStatus.FAILED.value)
+BODY_KEEP_CHARS = 2000
+DEADLOCK_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: int
+    order_uuid: str
+    status: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One message to send: which job, with which one-time token, in which lane."""
+
+    job_id: int
+    token: str
+    lane: str
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _insert_if_no_active(session: Session) -> postgresql.Insert | sqlite.Insert:
+    """INSERT into cancel_jobs that does nothing for an order that already has an active or
+    succeeded job: the partial unique index decides, so concurrent producers cannot both win."""
+    stmt = (
+        postgresql.insert(CancelJob)
+        if _dialect(session) == "postgresql"
+        else sqlite.insert(CancelJob)
+    )
+    return stmt.on_conflict_do_nothing(index_elements=["order_uuid"], index_where=text(ACTIVE_SQL))
+
+
+def _lock(stmt: Any, session: Session) -> Any:
+    """`FOR UPDATE SKIP LOCKED` on PostgreSQL: two feeds never take the same rows."""
+    if _dialect(session) == "postgresql":
+        return stmt.with_for_update(skip_locked=True)
+    return stmt
+
+
+# -- new jobs -------------------------------------------------------------------------------------
+
+
+def insert_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> list[NewJob]:
+    """New `queued` jobs from `new_job_values` dicts (distinct orders); for an order that already
+    has an active or succeeded job, that job instead (SPEC.md, "Dedup"). In the input's order."""
+    found: dict[str, NewJob] = {}
+    pending = list(rows)
+    for _ in range(5):
+        if not pending:
+            break
+        stmt = _insert_if_no_active(session).values(pending)
+        for row in session.execute(
+            stmt.returning(CancelJob.__table__.c.id, CancelJob.__table__.c.order_uuid)
+        ):
+            found[row.order_uuid] = NewJob(row.id, row.order_uuid, JobStatus.QUEUED.value, True)
+        missing = [r["order_uuid"] for r in pending if r["order_uuid"] not in found]
+        if missing:
+            existing = session.execute(
+                select(CancelJob.id, CancelJob.order_uuid, CancelJob.status).where(
+                    CancelJob.order_uuid.in_(missing), CancelJob.status.in_(ACTIVE_STATUSES)
+                )
+            )
+            for row in existing:
+                found[row.order_uuid] = NewJob(row.id, row.order_uuid, row.status, False)
+        # An active job that ended between the two statements: insert that order again.
+        pending = [r for r in pending if r["order_uuid"] not in found]
+    if pending:
+        raise RuntimeError(f"could not settle a job for order {pending[0]['order_uuid']}")
+    return [found[r["order_uuid"]] for r in rows]
+
+
+def insert_job(session: Session, **values: Any) -> NewJob:
+    """One new job (the arguments of `new_job_values`), or the order's active one."""
+    return insert_jobs(session, [new_job_values(**values)])[0]
+
+
+_STAGE_META = MetaData()
+_STAGE = Table(
+    "fpcancel_bulk_stage",
+    _STAGE_META,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("order_uuid", Text),
+    Column("note", Text),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DROP",  # gone at commit or rollback: nothing outlives the transaction
+)
+
+
+def insert_staged(
+    session: Session,
+    rows: Iterable[tuple[str, str]],
+    *,
+    source: str | None,
+    lane: str,
+    now: datetime,
+    batch_rows: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, int, int]:
+    """Many jobs at once, in the caller's transaction: (order_uuid, note) rows are staged in a
+    temporary table batch by batch (COPY on PostgreSQL), then one INSERT ... SELECT moves the first
+    row of each order into `cancel_jobs`. Returns (rows, distinct orders, jobs created)."""
+    if _dialect(session) == "sqlite":
+        # SQLite keeps temporary tables for the connection's life: one from an earlier run goes.
+        session.execute(text(f"DROP TABLE IF EXISTS temp.{_STAGE.name}"))
+    _STAGE.create(session.connection())
+    total = 0
+    batch: list[tuple[int, str, str]] = []
+    for order_uuid, note in rows:
+        total += 1
+        batch.append((total, order_uuid, note))
+        if len(batch) >= batch_rows:
+            _load_stage(session, batch, progress)
+            batch = []
+    _load_stage(session, batch, progress)
+    distinct = int(session.execute(select(func.count(_STAGE.c.order_uuid.distinct()))).scalar_one())
+    created = _move_staged(session, source, lane, now)
+    if _dialect(session) == "sqlite":
+        _STAGE.drop(session.connection())
+    return total, distinct, created
+
+
+def _load_stage(
+    session: Session,
+    batch: list[tuple[int, str, str]],
+    progress: Callable[[int], None] | None,
+) -> None:
+    if not batch:
+        return
+    if _dialect(session) == "postgresql":
+        driver: Any = session.connection().connection.driver_connection
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(f"COPY {_STAGE.name} (seq, order_uuid, note) FROM STDIN") as copy,
+        ):
+            for row in batch:
+                copy.write_row(row)
+    else:
+        session.execute(
+            insert(_STAGE), [{"seq": s, "order_uuid": o, "note": n} for s, o, n in batch]
+        )
+    if progress is not None:
+        progress(len(batch))
+
+
+def _move_staged(session: Session, source: str | None, lane: str, now: datetime) -> int:
+    """One INSERT ... SELECT of the stage's first row per order, in input order, with the values
+    every new job has; an order with an active or succeeded job is left alone. Two bulk runs
+    sharing orders can deadlock on the unique index: the loser's statement is tried again under
+    a SAVEPOINT (its stage survives)."""
+    values = new_job_values(order_uuid="", note="", source=source, lane=lane, now=now)
+    columns = list(values)
+    staged: dict[str, ColumnElement[Any]] = {
+        "order_uuid": _STAGE.c.order_uuid,
+        "note": _STAGE.c.note,
+    }
+
+    def column(name: str) -> ColumnElement[Any]:
+        if name in staged:
+            return staged[name]
+        if values[name] is None:
+            return null()
+        return literal(values[name], CancelJob.__table__.c[name].type)
+
+    firsts = select(func.min(_STAGE.c.seq)).group_by(_STAGE.c.order_uuid)
+    chosen = (
+        select(*[column(name) for name in columns])
+        .where(_STAGE.c.seq.in_(firsts))
+        .order_by(_STAGE.c.seq)
+    )
+    stmt = _insert_if_no_active(session).from_select(columns, chosen)
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            with session.begin_nested():
+                return int(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "40P01" or attempt == DEADLOCK_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+# -- the feed ---------------------------------------------------------------------------------
+
+
+def dispatch_due(
+    session: Session,
+    now: datetime,
+    room: int,
+    lanes: Sequence[str],
+    lost_before: datetime,
+    make_token: Callable[[], str],
+) -> tuple[list[Dispatch], int]:
+    """Mark up to `room` due jobs as sent, lane by lane in `lanes` order; returns them and how
+    many were re-sends of lost messages (sent before `lost_before` and never claimed)."""
+    picked: list[Dispatch] = []
+    resent = 0
+    for lane in lanes:
+        if len(picked) >= room:
+            break
+        stmt = (
+            select(CancelJob.id, CancelJob.dispatch_token)
+            .where(
+                CancelJob.status.in_(WAITING),
+                CancelJob.lane == lane,
+                CancelJob.next_attempt_at <= now,
+                CancelJob.dispatch_token.is_(None) | (CancelJob.dispatched_at < lost_before),
+            )
+            .order_by(CancelJob.next_attempt_at, CancelJob.id)
+            .limit(room - len(picked))
+        )
+        for row in session.execute(_lock(stmt, session)).all():
+            token = make_token()
+            changed = session.execute(
+                update(CancelJob)
+                .where(CancelJob.id == row.id, CancelJob.status.in_(WAITING))
+                .where(
+                    CancelJob.dispatch_token.is_(None)
+                    if row.dispatch_token is None
+                    else CancelJob.dispatch_token == row.dispatch_token
+                )
+                .values(dispatch_token=token, dispatched_at=now)
+            ).rowcount  # type: ignore[attr-defined]
+            if changed:
+                picked.append(Dispatch(row.id, token, lane))
+                resent += row.dispatch_token is not None
+    return picked, resent
+
+
+def clear_dispatch(session: Session, dispatches: Iterable[Dispatch]) -> None:
+    """Publishing failed: the feed sends these jobs on its next round."""
+    for item in dispatches:
+        session.execute(
+            update(CancelJob)
+            .where(CancelJob.id == item.job_id, CancelJob.dispatch_token == item.token)
+            .where(CancelJob.status.in_(WAITING))
+            .values(dispatch_token=None, dispatched_at=None)
+        )
+
+
+def take_back_expired(session: Session, now: datetime, policy: Policy) -> tuple[int, int]:
+    """Running jobs whose worker's claim expired go back to wait, or fail when their workers keep
+    dying (`after_lost_claim`); returns (taken back, failed)."""
+    stmt = select(
+        CancelJob.id,
+        CancelJob.dispatch_token,
+        CancelJob.attempts,
+        CancelJob.round_start_attempts,
+        CancelJob.in_call_since,
+        CancelJob.needs_status_check,
+        CancelJob.lost_claims,
+    ).where(CancelJob.status == JobStatus.RUNNING.value, CancelJob.claimed_until < now)
+    taken = failed = 0
+    for row in session.execute(_lock(stmt, session)).all():
+        lost = LostClaim(
+            id=row.id,
+            attempts=row.attempts,
+            round_start_attempts=row.round_start_attempts,
+            call_may_have_left=row.in_call_since is not None or row.needs_status_check,
+            lost_claims=row.lost_claims,
+        )
+        change = after_lost_claim(lost, policy, now)
+        session.execute(
+            update(CancelJob)
+            .where(CancelJob.id == row.id, CancelJob.dispatch_token == row.dispatch_token)
+            .values(status=change.status.value, updated_at=now, **change.values)
+        )
+        if change.final:
+            failed += 1
+        else:
+            taken += 1
+    return taken, failed
+
+
+# -- a worker's hold on a job ---------------------------------------------------------------------
+
+
+def claim_job(
+    session: Session, job_id: int, token: str, now: datetime, lease_seconds: float
+) -> ClaimedJob | None:
+    """Take the job for this message, or None: a second delivery of the same message, a stale
+    message, or a job that is not waiting (atomic: one conditional UPDATE)."""
+    before = session.execute(
+        select(CancelJob.status).where(CancelJob.id == job_id, CancelJob.dispatch_token == token)
+    ).scalar_one_or_none()
+    if before not in WAITING:
+        return None
+    row = session.execute(
+        update(CancelJob)
+        .where(
+            CancelJob.id == job_id,
+            CancelJob.dispatch_token == token,
+            CancelJob.status.in_(WAITING),
+        )
+        .values(
+            status=JobStatus.RUNNING.value,
+            claimed_until=now + timedelta(seconds=lease_seconds),
+            updated_at=now,
+        )
+        .returning(
+            CancelJob.order_uuid,
+            CancelJob.note,
+            CancelJob.lane,
+            CancelJob.attempts,
+            CancelJob.round_start_attempts,
+            CancelJob.needs_status_check,
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return ClaimedJob(
+        id=job_id,
+        order_uuid=row.order_uuid,
+        note=row.note,
+        lane=row.lane,
+        status_before=str(before),
+        attempts=row.attempts,
+        round_start_attempts=row.round_start_attempts,
+        needs_status_check=row.needs_status_check,
+        token=token,
+    )
+
+
+def _held(job: ClaimedJob) -> tuple[ColumnElement[bool], ...]:
+    return (
+        CancelJob.id == job.id,
+        CancelJob.dispatch_token == job.token,
+        CancelJob.status == JobStatus.RUNNING.value,
+    )
+
+
+def mark_in_call(session: Session, job: ClaimedJob, now: datetime) -> bool:
+    """Note that a cancel POST is about to leave: if the worker dies now, the order's status
+    is checked before anyone POSTs again."""
+    result = session.execute(
+        update(CancelJob).where(*_held(job)).values(in_call_since=now, updated_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_job(
+    session: Session,
+    job: ClaimedJob,
+    now: datetime,
+    after_seconds: float,
+    *,
+    call_left: bool | None = None,
+) -> bool:
+    """Give the job back: it waits `after_seconds`, then goes again. If a cancel POST may have
+    left (`call_left` True, or None for "unknown": a POST was marked on the wire), the order's
+    status is checked before the next one."""
+    if call_left is None:
+        maybe_sent: ColumnElement[bool] | bool = CancelJob.in_call_since.is_not(None)
+        status: Any = case(
+            (
+                CancelJob.in_call_since.is_not(None),
+                waiting_status(job.status_before, call_may_have_left=True).value,
+            ),
+            else_=waiting_status(job.status_before, call_may_have_left=False).value,
+        )
+    else:
+        maybe_sent = call_left
+        status = waiting_status(job.status_before, call_may_have_left=call_left).value
+    result = session.execute(
+        update(CancelJob)
+        .where(*_held(job))
+        .values(
+            status=status,
+            needs_status_check=CancelJob.needs_status_check | maybe_sent,
+            next_attempt_at=now + timedelta(seconds=after_seconds),
+            updated_at=now,
+            **NOT_HELD,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def record_call(
+    session: Session,
+    job: ClaimedJob,
+    *,
+    kind: AttemptKind,
+    started_at: datetime,
+    finished_at: datetime,
+    result: CallResult,
+    decision: Decision,
+    update_: JobUpdate,
+    rate_wait_seconds: float = 0.0,
+) -> bool:
+    """Write the call's attempt row and apply `update_` to the job, in one transaction.
+
+    The attempt row is written even when the job is no longer ours (the call happened); the job
+    itself changes only while we still hold it. Returns whether it did.
+    """
+    if isinstance(result, Answer):
+        http_status: int | None = result.status
+        message = result.message or (None if result.body is not None else _first_line(result.text))
+        body: str | None = result.text[:BODY_KEEP_CHARS]
+        duration_ms = result.duration_ms
+    else:
+        http_status, message, body, duration_ms = None, result.message, None, result.duration_ms
+    number = (
+        session.execute(
+            select(func.coalesce(func.max(CancelAttempt.number), 0)).where(
+                CancelAttempt.job_id == job.id
+            )
+        ).scalar_one()
+        + 1
+    )
+    session.execute(
+        insert(CancelAttempt).values(
+            job_id=job.id,
+            number=number,
+            kind=kind.value,
+            started_at=started_at,
+            finished_at=finished_at,
+            duration_ms=duration_ms,
+            http_status=http_status,
+            outcome=decision.outcome.value,
+            message=message,
+            response_body=body,
+            counted=kind is AttemptKind.CANCEL and decision.counts,
+            retry_in_ms=None
+            if update_.retry_in_seconds is None
+            else int(update_.retry_in_seconds * 1000),
+            rate_wait_ms=int(rate_wait_seconds * 1000),
+        )
+    )
+    values = dict(update_.values)
+    values.update(
+        status=update_.status.value,
+        last_http_status=http_status,
+        last_message=message,
+        updated_at=finished_at,
+    )
+    if decision.errors is not None:
+        values["last_errors"] = errors_json(decision.errors)
+    if kind is AttemptKind.CANCEL:
+        values["in_call_since"] = None
+    if not update_.proceed:
+        values.update(NOT_HELD)
+    changed = session.execute(update(CancelJob).where(*_held(job)).values(**values))
+    return bool(changed.rowcount)  # type: ignore[attr-defined]
+
+
+def _first_line(text: str, limit: int = 200) -> str | None:
+    """A non-JSON body's gist for `message`: its first non-blank line (an nginx <title>, say)."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return line[:limit]
+    return None
+
+
+# -- ops -------------------------------------------------------------------------------------
+
+
+def _round_again(now: datetime) -> Any:
+    return (
+        update(CancelJob)
+        .where(CancelJob.status.in_(RETRYABLE))
+        .values(round_start_attempts=CancelJob.attempts, **round_again_values(now))
+        .returning(CancelJob.id)
+        # No ORM objects are loaded here: nothing in the session to keep in step.
+        .execution_options(synchronize_session=False)
+    )
+
+
+def send_round_again(
+    session: Session, job_ids: Sequence[int], now: datetime
+) -> tuple[set[int], set[int]]:
+    """Send dead or failed jobs round again in the caller's transaction; returns (sent, refused
+    by the unique index because the order has another active job). A job no longer dead or
+    failed is in neither. One UPDATE for all under a SAVEPOINT; if the index refuses it (an
+    enqueue raced us), one per job, each under its own SAVEPOINT."""
+    if not job_ids:
+        return set(), set()
+    try:
+        with session.begin_nested():
+            return set(session.scalars(_round_again(now).where(CancelJob.id.in_(job_ids)))), set()
+    except IntegrityError:
+        pass
+    done: set[int] = set()
+    refused: set[int] = set()
+    for job_id in job_ids:
+        try:
+            with session.begin_nested():
+                if session.scalars(_round_again(now).where(CancelJob.id == job_id)).first():
+                    done.add(job_id)
+        except IntegrityError:
+            refused.add(job_id)
+    return done, refused
