@@ -5,10 +5,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fpcancel.migrate import upgrade
-from fpcancel.models.db import make_engine
 from redis import Redis
 from sqlalchemy import create_engine, text
+
+from fpcancel.migrate import upgrade
+from fpcancel.models.db import make_engine
 
 PG_ADMIN_URL = os.environ.get(
     "FPCANCEL_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -23,14 +23,13 @@ from sqlalchemy import insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._common import REDIS_URL, fresh_database, fresh_redis
 from fpcancel.app import make_celery
 from fpcancel.bulk import check_csv
 from fpcancel.models.db import make_engine, make_session_factory, utcnow
 from fpcancel.models.tables import CancelJob
 from fpcancel.producer import Producer
 from fpcancel.settings import Settings
-
-from bench._common import REDIS_URL, fresh_database, fresh_redis
 
 
 def write_csv(path: Path, orders: int, start: int) -> None:

@@ -33,11 +33,10 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._common import fresh_database
 from fpcancel.models.db import make_engine, make_session_factory, utcnow
 from fpcancel.queries import job_with_calls, list_jobs
 from fpcancel.stats import collect_stats
-
-from bench._common import fresh_database
 
 FPCANCEL = str(Path(sys.executable).with_name("fpcancel"))
 CALLS_PER_JOB = 3

@@ -24,14 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._common import REDIS_URL, fresh_database, fresh_redis
 from fpcancel.app import make_celery
 from fpcancel.bulk import BulkRow
 from fpcancel.models.db import make_engine, make_session_factory
 from fpcancel.producer import Producer
 from fpcancel.sandbox import SandboxServer
 from fpcancel.settings import Settings, parse_rate_limit
-
-from bench._common import REDIS_URL, fresh_database, fresh_redis
 
 TOKEN = "bench-token"
 FPCANCEL = str(Path(sys.executable).with_name("fpcancel"))

@@ -22,9 +22,8 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fpcancel.models.db import make_engine
-
 from bench._common import REDIS_URL, fresh_database, fresh_redis
+from fpcancel.models.db import make_engine
 
 FPCANCEL = str(Path(sys.executable).with_name("fpcancel"))
 

@@ -10,15 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from requests.adapters import BaseAdapter
+from sqlalchemy import select
+
 from fpcancel.app import make_celery
+from fpcancel.feed import Scheduler
 from fpcancel.fleet import LocalFleet
 from fpcancel.migrate import upgrade
 from fpcancel.models.db import make_engine, make_session_factory, utcnow
+from fpcancel.models.tables import CancelJob
 from fpcancel.provider import FrontPaymentClient
 from fpcancel.ratelimit import LocalLimiter
 from fpcancel.runtime import Runtime
 from fpcancel.settings import RateLimit, Secret, Settings
-from requests.adapters import BaseAdapter
+from fpcancel.statuses import TERMINAL_STATUSES, WAITING_STATUSES
+from fpcancel.tasks import run_job
 
 TOKEN = "test-token-5f1e2d3c"
 
@@ -212,3 +218,34 @@ def sqlite_runtime(
         clock=clock,
         rng=lambda: 1.0,
     )
+
+
+def pending(rt: Runtime) -> list[tuple[int, str]]:
+    """Jobs the feed has sent (a message is out) and no worker has claimed yet."""
+    with rt.sessions() as s:
+        rows = s.execute(
+            select(CancelJob.id, CancelJob.dispatch_token).where(
+                CancelJob.dispatch_token.is_not(None),
+                CancelJob.status.in_([status.value for status in WAITING_STATUSES]),
+            )
+        ).all()
+    return [(r.id, r.dispatch_token) for r in rows]
+
+
+def all_terminal(rt: Runtime) -> bool:
+    with rt.sessions() as s:
+        return all(status in TERMINAL_STATUSES for status in s.scalars(select(CancelJob.status)))
+
+
+def drive(rt: Runtime, clock: Clock, rounds: int = 200, step: float = 0.5) -> None:
+    """Be the fleet by hand: run every message the feed sent, move the clock, run a feed round;
+    until every job is terminal."""
+    scheduler = Scheduler(rt, member="test")
+    for _ in range(rounds):
+        for job_id, token in pending(rt):
+            run_job(rt, job_id, token)
+        if all_terminal(rt):
+            return
+        clock.advance(step)
+        scheduler.round()
+    raise AssertionError("jobs did not finish")

@@ -5,9 +5,10 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine
+
 from fpcancel.migrate import current_revision, head_revision, upgrade
 from fpcancel.models import Base
-from sqlalchemy import Engine
 
 
 def differences_after_upgrade(engine: Engine) -> list[Any]:

@@ -3,10 +3,11 @@
 from collections.abc import Iterable
 
 from celery import Celery
+from kombu import Queue  # type: ignore[attr-defined]
+
 from fpcancel.jobstore import Dispatch
 from fpcancel.settings import Settings
 from fpcancel.statuses import LANES
-from kombu import Queue  # type: ignore[attr-defined]
 
 TASK_NAME = "fpcancel.cancel"
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, NamedTuple
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from fpcancel import jobstore
 from fpcancel.errors import BadInput, ValidationError
 from fpcancel.validation import clean_note, clean_order_uuid
-from sqlalchemy.orm import Session, sessionmaker
 
 BATCH_ROWS = 5000
 SHOWN_PROBLEMS = 50

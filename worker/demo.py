@@ -16,6 +16,11 @@ from typing import Any
 
 from celery.worker import WorkController
 from celery.worker import state as worker_state
+from redis import Redis
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
 from fpcancel.bulk import BulkRow
 from fpcancel.feed import Scheduler
 from fpcancel.migrate import upgrade
@@ -28,10 +33,6 @@ from fpcancel.sandbox import SandboxServer
 from fpcancel.settings import RateLimit, Secret, Settings
 from fpcancel.stats import collect_stats
 from fpcancel.statuses import TERMINAL_STATUSES, JobStatus
-from redis import Redis
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 DEMO_TOKEN = "demo-token-not-a-secret"
 DEMO_DB = "fpcancel-demo.db"

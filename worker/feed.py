@@ -21,14 +21,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
 from fpcancel import jobstore, metrics
 from fpcancel.app import publish
 from fpcancel.jobstore import Dispatch
 from fpcancel.models.tables import CancelJob
 from fpcancel.runtime import Runtime
 from fpcancel.statuses import LANES, JobStatus
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 log = logging.getLogger("fpcancel.scheduler")
 

@@ -21,21 +21,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from fpcancel.answers import Answer, CallResult
-from fpcancel.classify import Decision, errors_json
-from fpcancel.models.tables import CancelAttempt, CancelJob
-from fpcancel.statuses import ACTIVE_SQL, ACTIVE_STATUSES, WAITING_STATUSES, AttemptKind, JobStatus
-from fpcancel.transitions import (
-    NOT_HELD,
-    ClaimedJob,
-    JobUpdate,
-    LostClaim,
-    Policy,
-    after_lost_claim,
-    new_job_values,
-    round_again_values,
-    waiting_status,
-)
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -56,6 +41,22 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+
+from fpcancel.answers import Answer, CallResult
+from fpcancel.classify import Decision, errors_json
+from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.statuses import ACTIVE_SQL, ACTIVE_STATUSES, WAITING_STATUSES, AttemptKind, JobStatus
+from fpcancel.transitions import (
+    NOT_HELD,
+    ClaimedJob,
+    JobUpdate,
+    LostClaim,
+    Policy,
+    after_lost_claim,
+    new_job_values,
+    round_again_values,
+    waiting_status,
+)
 
 WAITING = tuple(s.value for s in WAITING_STATUSES)
 RETRYABLE = (JobStatus.DEAD.value, JobStatus.FAILED.value)

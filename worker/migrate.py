@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
-import fpcancel.migrations
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+
+import fpcancel.migrations
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

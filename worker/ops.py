@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
 from fpcancel import jobstore
 from fpcancel.errors import JobStateError, UnknownJobError
 from fpcancel.models.tables import CancelJob
 from fpcancel.statuses import ACTIVE_STATUSES, RETRYABLE_BY_OPS
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session, aliased, sessionmaker
 
 RETRYABLE = tuple(s.value for s in RETRYABLE_BY_OPS)
 ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)

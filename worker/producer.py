@@ -4,8 +4,8 @@ The job is committed first and published after, so a broker outage loses nothing
 in the table and the scheduler sends it. The CLI's `enqueue` and `enqueue-bulk` call these same
 functions.
 
-    from fpcancel.producer import enqueue_cancel
-    job_id = enqueue_cancel("ODR123456789", "customer changed their mind", source="shop")
+    import fpcancel
+    job_id = fpcancel.enqueue_cancel("ODR123456789", "customer changed their mind", source="shop")
 """
 
 import logging
@@ -13,16 +13,16 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 
 from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
 from fpcancel import jobstore
 from fpcancel.app import make_celery, publish
 from fpcancel.bulk import BulkResult, BulkRow, write_bulk
 from fpcancel.models.db import make_engine, make_session_factory, utcnow
-from fpcancel.settings import Settings, load_settings
+from fpcancel.settings import Settings
 from fpcancel.validation import clean_lane, clean_note, clean_order_uuid, clean_source
-from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger("fpcancel.producer")
 
@@ -104,27 +104,3 @@ class Producer:
         return write_bulk(
             self.sessions, rows, source=source, lane=lane, now=self.clock, progress=progress
         )
-
-
-@lru_cache(maxsize=1)
-def default_producer() -> Producer:
-    """The producer for this process's environment (FPCANCEL_DATABASE_URL, FPCANCEL_BROKER_URL)."""
-    return Producer.from_settings(load_settings())
-
-
-def enqueue_cancel(
-    order_uuid: str, note: str, source: str | None = None, lane: str = "live"
-) -> int:
-    """Enqueue one cancellation; returns the job's id (the existing job's, if the order has an
-    active or succeeded one). Raises `ValidationError` on a bad id, note, source or lane."""
-    return default_producer().enqueue(order_uuid, note, source, lane).id
-
-
-def enqueue_bulk(
-    rows: Iterable[BulkRow | tuple[str, str]], source: str | None = None, lane: str = "bulk"
-) -> BulkResult:
-    """Enqueue many cancellations: `rows` of (order_uuid, note). Every row is validated before
-    anything is written; one bad row raises `BulkInputError` listing every bad row."""
-    from fpcancel.bulk import validate_rows
-
-    return default_producer().enqueue_bulk(validate_rows(rows), source, lane)

@@ -17,6 +17,9 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+
 from fpcancel import __version__
 from fpcancel.answers import (
     Answer,
@@ -27,8 +30,6 @@ from fpcancel.answers import (
 )
 from fpcancel.redaction import Redactor
 from fpcancel.validation import clean_order_uuid
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 USER_AGENT = f"fpcancel/{__version__} (+https://github.com/fpcancel/fpcancel)"
 BODY_KEEP_CHARS = 2000

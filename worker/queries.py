@@ -5,10 +5,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from fpcancel.errors import UnknownJobError
-from fpcancel.models.tables import CancelAttempt, CancelJob
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from fpcancel.errors import UnknownJobError
+from fpcancel.models.tables import CancelAttempt, CancelJob
 
 JOB_FIELDS = (
     "id",

@@ -21,9 +21,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from redis import Redis
+
 from fpcancel.settings import RateLimit
 from fpcancel.statuses import SETUP_FAULTS, PauseReason
-from redis import Redis
 
 
 def _pause_key(reason: PauseReason) -> str:

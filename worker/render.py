@@ -11,11 +11,12 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from fpcancel.queries import JOB_FIELDS, iso
-from fpcancel.textsafe import csv_cell, printable
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from fpcancel.queries import JOB_FIELDS, iso
+from fpcancel.textsafe import csv_cell, printable
 
 if TYPE_CHECKING:
     from fpcancel.ops import RetryResult

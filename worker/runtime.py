@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from celery import Celery
+from redis import Redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
 from fpcancel.app import make_celery
 from fpcancel.fleet import Fleet, LocalFleet, RedisFleet
 from fpcancel.models.db import make_engine, make_session_factory, utcnow
@@ -19,9 +23,6 @@ from fpcancel.provider import FrontPaymentClient
 from fpcancel.ratelimit import Limiter, LocalLimiter, RedisLimiter
 from fpcancel.settings import Settings
 from fpcancel.transitions import Policy
-from redis import Redis
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger("fpcancel")
 

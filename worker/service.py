@@ -7,6 +7,8 @@ import uuid
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
+
+from fpcancel.app import queue_names
 from fpcancel.errors import ServiceError
 from fpcancel.feed import Scheduler
 from fpcancel.logs import setup_logging
@@ -23,7 +25,7 @@ def worker_argv(concurrency: int, loglevel: str, name: str) -> list[str]:
         "worker",
         "--pool=threads",
         f"--concurrency={concurrency}",
-        "--queues=fpcancel.live,fpcancel.bulk",
+        "--queues=" + ",".join(queue_names().values()),
         f"--loglevel={loglevel}",
         f"--hostname={name}",
         "--without-mingle",
@@ -33,8 +35,9 @@ def worker_argv(concurrency: int, loglevel: str, name: str) -> list[str]:
 
 def preflight(runtime: Runtime) -> None:
     """Refuse to start (exit 1) when the database or broker is unreachable or the schema is old."""
-    from fpcancel.migrate import current_revision, head_revision
     from sqlalchemy.exc import SQLAlchemyError
+
+    from fpcancel.migrate import current_revision, head_revision
 
     try:
         revision = current_revision(runtime.engine)

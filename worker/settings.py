@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+
 from fpcancel.errors import SettingsError
 from fpcancel.redaction import Redactor
 

@@ -19,12 +19,13 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
 from fpcancel.classify import Outcome
 from fpcancel.models.tables import CancelAttempt, CancelJob
 from fpcancel.queries import iso
 from fpcancel.statuses import TERMINAL_STATUSES, JobStatus
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 

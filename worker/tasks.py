@@ -14,6 +14,10 @@ from datetime import datetime
 from typing import TypeVar
 
 from celery import shared_task
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
 from fpcancel import jobstore, metrics
 from fpcancel.answers import Answer, CallResult, ProviderError
 from fpcancel.app import TASK_NAME
@@ -23,9 +27,6 @@ from fpcancel.ratelimit import wait_for_slot
 from fpcancel.runtime import Runtime, current
 from fpcancel.statuses import AttemptKind, PauseReason
 from fpcancel.transitions import ClaimedJob, JobUpdate, after_cancel, after_status_check
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 log = logging.getLogger("fpcancel.calls")
 T = TypeVar("T")

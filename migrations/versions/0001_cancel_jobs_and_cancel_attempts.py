@@ -34,7 +34,9 @@ def upgrade() -> None:
         sa.Column("lane", sa.String(length=8), server_default="live", nullable=False),
         sa.Column("status", sa.String(length=16), server_default="queued", nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("next_attempt_at", fpcancel.models.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "next_attempt_at", fpcancel.models.types.UTCDateTime(timezone=True), nullable=True
+        ),
         sa.Column("last_http_status", sa.Integer(), nullable=True),
         sa.Column("last_message", sa.Text(), nullable=True),
         sa.Column("created_at", fpcancel.models.types.UTCDateTime(timezone=True), nullable=False),

@@ -1,10 +1,11 @@
 """Backoff as pure functions: full jitter for a job's retries, the doubling fleet pause."""
 
 import pytest
-from fpcancel.backoff import doubling_pause_seconds as pause_seconds
-from fpcancel.backoff import retry_delay_seconds
 from hypothesis import given
 from hypothesis import strategies as st
+
+from fpcancel.backoff import doubling_pause_seconds as pause_seconds
+from fpcancel.backoff import retry_delay_seconds
 
 # -- retry_delay_seconds ------------------------------------------------------------------------
 

@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
+from sqlalchemy import create_engine, text
+
 from fpcancel.bulk import BulkInputError, validate_rows
 from fpcancel.cli import main
-from sqlalchemy import create_engine, text
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def jobs(env: dict[str, str]) -> list[tuple[str, str, str, str | None]]:
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
-def run(env: dict[str, str], *args: str, input_: str | None = None) -> object:
+def run(env: dict[str, str], *args: str, input_: str | None = None) -> Result:
     return CliRunner().invoke(main, ["enqueue-bulk", *args], env=env, input=input_)
 
 
@@ -126,3 +127,20 @@ def test_python_producers_get_every_bad_row(env: dict[str, str]) -> None:
         (2, "order_uuid: 'bad id' may only hold letters, digits, '_' and '-' (e.g. ODR123456789)"),
         (3, "note: is empty"),
     ]
+
+
+def test_a_bulk_row_and_a_single_enqueue_write_the_same_columns(env: dict[str, str]) -> None:
+    """One spelling of a new job: every column but the id, order and lane is the same whether the
+    job came from `enqueue` or `enqueue-bulk` (server defaults included)."""
+    single = CliRunner().invoke(main, ["enqueue", "ODR1", "--note", "n", "--lane", "bulk"], env=env)
+    assert single.exit_code == 0
+    assert run(env, "-", "--note", "n", input_="order_uuid\nODR2\n").exit_code == 0
+    engine = create_engine(env["FPCANCEL_DATABASE_URL"])
+    with engine.connect() as c:
+        rows = [dict(r._mapping) for r in c.execute(text("SELECT * FROM cancel_jobs ORDER BY id"))]
+    engine.dispose()
+    assert len(rows) == 2
+    same = {"id", "order_uuid", "next_attempt_at", "created_at", "updated_at"}
+    assert {k: v for k, v in rows[0].items() if k not in same} == {
+        k: v for k, v in rows[1].items() if k not in same
+    }

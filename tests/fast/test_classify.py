@@ -9,6 +9,9 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from fpcancel.answers import Answer, AnswerLost, ConnectFailed
 from fpcancel.classify import (
     Decision,
@@ -19,8 +22,6 @@ from fpcancel.classify import (
 )
 from fpcancel.provider import parse_answer
 from fpcancel.statuses import JobStatus, PauseReason
-from hypothesis import given
-from hypothesis import strategies as st
 
 NOW = 1_750_000_000.0  # an epoch second the tests pretend it is
 JSON = {"Content-Type": "application/json"}
@@ -28,7 +29,8 @@ HTML_502 = (
     b"<html><head><title>502 Bad Gateway</title></head><body><center>nginx</center></body></html>"
 )
 HTML_404 = b"<html><head><title>404 Not Found</title></head><body>nginx/1.24.0</body></html>"
-TERMINAL = {
+# The statuses one answer can end a job in (`dead` comes only from running out of attempts).
+ONE_ANSWER_FINALS = {
     JobStatus.SUCCEEDED,
     JobStatus.ALREADY_PAID,
     JobStatus.NOT_FOUND,
@@ -453,7 +455,7 @@ def _consistent(decision: Decision) -> str:
         assert not decision.ambiguous
     if said == "final":
         assert not decision.ambiguous
-        assert decision.final in TERMINAL
+        assert decision.final in ONE_ANSWER_FINALS
     if decision.retry_after_seconds is not None:
         assert decision.retry_after_seconds >= 0
         assert not math.isnan(decision.retry_after_seconds)

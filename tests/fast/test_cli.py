@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fpcancel.cli import main
 from sqlalchemy import create_engine, text
+
+from fpcancel.cli import main
 
 BAD_IDS = ["../../etc/passwd", "ODR1 23", "", "A" * 70, "ODR1%2F.."]
 BAD_NOTES = ["", "   ", "x" * 1001]

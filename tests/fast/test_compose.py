@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+
 from fpcancel.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,24 +13,23 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner, Result
-from fpcancel import jobstore, render
-from fpcancel.bulk import BulkInputError, validate_rows, write_bulk
-from fpcancel.cli import main
-from fpcancel.errors import ValidationError
-from fpcancel.feed import Scheduler
-from fpcancel.models.db import make_engine, make_session_factory
-from fpcancel.models.tables import CancelAttempt, CancelJob
-from fpcancel.ops import Candidate, RetryResult
-from fpcancel.producer import Producer
-from fpcancel.runtime import Runtime
-from fpcancel.tasks import run_job
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.fakes import TOKEN, Clock, FakeTransport, Reply, fake_client, sqlite_runtime
+from fpcancel import jobstore, render
+from fpcancel.bulk import BulkInputError, validate_rows, write_bulk
+from fpcancel.cli import main
+from fpcancel.errors import ValidationError
+from fpcancel.models.db import make_engine, make_session_factory
+from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.ops import Candidate, RetryResult
+from fpcancel.producer import Producer
+from fpcancel.runtime import Runtime
+from fpcancel.tasks import run_job
+from tests.fakes import TOKEN, Clock, FakeTransport, Reply, drive, fake_client, sqlite_runtime
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 # What a hostile answer or note carries: clear screen, an OSC 8 hyperlink, an OSC 52 clipboard
@@ -405,22 +404,6 @@ def runtime_with(
     return sqlite_runtime(tmp_path, transport, clock, **overrides)
 
 
-def drive_all(rt: Runtime, clock: Clock) -> None:
-    scheduler = Scheduler(rt, member="test")
-    for _ in range(40):
-        with rt.sessions() as s:
-            pending = s.execute(
-                select(CancelJob.id, CancelJob.dispatch_token).where(
-                    CancelJob.dispatch_token.is_not(None),
-                    CancelJob.status.in_(("queued", "retrying")),
-                )
-            ).all()
-        for job_id, token in pending:
-            run_job(rt, job_id, token)
-        clock.advance(2)
-        scheduler.round()
-
-
 def test_a_proxy_echoing_the_token_stores_and_prints_it_nowhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -441,7 +424,7 @@ def test_a_proxy_echoing_the_token_stores_and_prints_it_nowhere(
     )
     rt = runtime_with(tmp_path, transport, clock)
     Producer(rt.sessions, rt.app, rt.clock).enqueue("ODR1", "note")
-    drive_all(rt, clock)
+    drive(rt, clock, step=2)
     with rt.sessions() as s:
         texts = [
             str(v) for a in s.scalars(select(CancelAttempt)) for v in (a.message, a.response_body)

@@ -4,13 +4,13 @@ import socket
 from pathlib import Path
 
 import requests
+from prometheus_client import REGISTRY
+
 from fpcancel import metrics
 from fpcancel.feed import Scheduler
 from fpcancel.models.tables import CancelJob
 from fpcancel.producer import Producer
 from fpcancel.tasks import run_job
-from prometheus_client import REGISTRY
-
 from tests.fakes import Clock, FakeTransport, documented, sqlite_runtime
 
 

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from fpcancel.models.db import make_engine
 from sqlalchemy import inspect
 
+from fpcancel.models.db import make_engine
 from tests.migrations_check import differences_after_upgrade
 
 

@@ -11,23 +11,19 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from fpcancel import ops
-from fpcancel.cli import main
-from fpcancel.feed import Scheduler
-from fpcancel.models.db import make_engine, make_session_factory
-from fpcancel.models.tables import CancelAttempt, CancelJob
-from fpcancel.queries import JOB_FIELDS
-from fpcancel.runtime import Runtime
-from fpcancel.tasks import run_job
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.fakes import Clock, FakeTransport, documented, sqlite_runtime
+from fpcancel import ops
+from fpcancel.cli import main
+from fpcancel.models.db import make_engine, make_session_factory
+from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.queries import JOB_FIELDS
+from tests.fakes import Clock, FakeTransport, documented, drive, sqlite_runtime
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
-TERMINAL = {"succeeded", "already_paid", "not_found", "invalid_payload", "dead", "failed"}
 
 
 @pytest.fixture
@@ -193,27 +189,6 @@ def test_a_retried_job_gets_max_attempts_more_posts(tmp_path: Path) -> None:
         assert numbers == [1, 2, 3, 4, 5]  # the old four, then the new POST
     finally:
         rt.close()
-
-
-def drive(rt: Runtime, clock: Clock, rounds: int = 200, step: float = 0.5) -> None:
-    """Scheduler rounds and the messages they send, until every job is terminal."""
-    scheduler = Scheduler(rt, member="test")
-    for _ in range(rounds):
-        clock.advance(step)
-        scheduler.round()
-        with rt.sessions() as s:
-            sent = s.execute(
-                select(CancelJob.id, CancelJob.dispatch_token).where(
-                    CancelJob.dispatch_token.is_not(None),
-                    CancelJob.status.in_(("queued", "retrying")),
-                )
-            ).all()
-        for job_id, token in sent:
-            run_job(rt, job_id, token)
-        with rt.sessions() as s:
-            if all(status in TERMINAL for status in s.scalars(select(CancelJob.status))):
-                return
-    raise AssertionError("jobs did not finish")
 
 
 def test_retry_by_status_takes_only_that_status(

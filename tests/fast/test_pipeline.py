@@ -5,17 +5,24 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
+
 from fpcancel.answers import AnswerLost, ConnectFailed
 from fpcancel.feed import Scheduler
 from fpcancel.models.tables import CancelAttempt, CancelJob
 from fpcancel.producer import Producer
 from fpcancel.runtime import Runtime
 from fpcancel.tasks import run_job
-from sqlalchemy import func, select
-
-from tests.fakes import TOKEN, Clock, FakeTransport, Reply, documented, sqlite_runtime
-
-TERMINAL = {"succeeded", "already_paid", "not_found", "invalid_payload", "dead", "failed"}
+from tests.fakes import (
+    TOKEN,
+    Clock,
+    FakeTransport,
+    Reply,
+    documented,
+    drive,
+    pending,
+    sqlite_runtime,
+)
 
 
 @pytest.fixture
@@ -38,30 +45,6 @@ def runtime(tmp_path: Path, transport: FakeTransport, clock: Clock) -> Runtime:
 def enqueue(rt: Runtime, order: str, note: str = "out of stock", lane: str = "live") -> int:
     # Publishing goes to Celery's memory broker; the tests run the jobs by hand from the table.
     return Producer(rt.sessions, rt.app, rt.clock).enqueue(order, note, lane=lane).id
-
-
-def pending(rt: Runtime) -> list[tuple[int, str]]:
-    with rt.sessions() as s:
-        rows = s.execute(
-            select(CancelJob.id, CancelJob.dispatch_token).where(
-                CancelJob.dispatch_token.is_not(None), CancelJob.status.in_(("queued", "retrying"))
-            )
-        ).all()
-    return [(r.id, r.dispatch_token) for r in rows]
-
-
-def drive(rt: Runtime, clock: Clock, rounds: int = 60, step: float = 0.5) -> None:
-    """Run scheduler rounds and every message they send until every job is terminal."""
-    scheduler = Scheduler(rt, member="test")
-    for _ in range(rounds):
-        for job_id, token in pending(rt):
-            run_job(rt, job_id, token)
-        with rt.sessions() as s:
-            if all(status in TERMINAL for status in s.scalars(select(CancelJob.status))):
-                return
-        clock.advance(step)
-        scheduler.round()
-    raise AssertionError("jobs did not finish")
 
 
 def job(rt: Runtime, job_id: int) -> CancelJob:
@@ -91,7 +74,7 @@ def test_each_documented_answer_ends_the_job_in_its_status(
     transport.script("ODR3", documented(404))
     transport.script("ODR4", documented(417))
     ids = [enqueue(runtime, f"ODR{i}") for i in range(1, 5)]
-    drive(runtime, clock)
+    drive(runtime, clock, rounds=60)
     assert [job(runtime, i).status for i in ids] == [
         "succeeded",
         "already_paid",
@@ -110,7 +93,7 @@ def test_every_call_carries_the_token_and_a_json_note(
 ) -> None:
     """The provider sees the bearer token, a JSON cancellationNote and fpcancel's User-Agent."""
     enqueue(runtime, "ODR1", "  customer changed their mind  ")
-    drive(runtime, clock)
+    drive(runtime, clock, rounds=60)
     (request,) = transport.requests
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert request.headers["Content-Type"] == "application/json"
@@ -126,7 +109,7 @@ def test_a_510_is_retried_with_a_status_check_and_a_404_is_not(
     transport.script("ODR1", documented(510), documented(510), documented(202))
     transport.script("ODR2", documented(404))
     first, second = enqueue(runtime, "ODR1"), enqueue(runtime, "ODR2")
-    drive(runtime, clock)
+    drive(runtime, clock, rounds=60)
     rows = calls(runtime, first)
     assert [c.kind for c in rows] == ["cancel", "status_check", "cancel", "status_check", "cancel"]
     assert [c.outcome for c in rows if c.kind == "cancel"] == [
@@ -165,7 +148,7 @@ def test_an_always_failing_order_is_dead_after_max_attempts_posts(
     """Always 510: dead with exactly FPCANCEL_MAX_ATTEMPTS (4) POSTs and a final status check."""
     transport.script("ODR1", *[documented(510)] * 10)
     job_id = enqueue(runtime, "ODR1")
-    drive(runtime, clock)
+    drive(runtime, clock, rounds=60)
     assert job(runtime, job_id).status == "dead"
     assert len(transport.calls("ODR1", "cancel")) == 4
     assert job(runtime, job_id).attempts == 4
@@ -178,7 +161,7 @@ def test_an_answer_lost_after_the_cancel_applied_is_settled_by_the_status_check(
     transport.script("ODR1", Reply(0, raise_=AnswerLost("read timeout")))
     transport.status_script("ODR1", Reply(200, {"data": {"status": "CANCELLED"}}))
     job_id = enqueue(runtime, "ODR1")
-    drive(runtime, clock)
+    drive(runtime, clock, rounds=60)
     assert job(runtime, job_id).status == "succeeded"
     assert len(transport.calls("ODR1", "cancel")) == 1
     assert [c.outcome for c in calls(runtime, job_id)] == ["ambiguous", "order_cancelled"]
@@ -271,7 +254,7 @@ def test_a_job_whose_worker_died_mid_call_is_checked_before_posting_again(
     report = Scheduler(runtime, member="test").round()
     assert report.reclaimed == 1
     assert job(runtime, job_id).needs_status_check
-    drive(runtime, clock)
+    drive(runtime, clock, rounds=60)
     assert job(runtime, job_id).status == "succeeded"
     assert transport.calls("ODR1", "cancel") == []
 

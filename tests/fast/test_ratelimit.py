@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import fakeredis
 import pytest
+
 from fpcancel.ratelimit import Limiter, LocalLimiter, RedisLimiter, wait_for_slot
 from fpcancel.settings import RateLimit
 from fpcancel.statuses import PauseReason

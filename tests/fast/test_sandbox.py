@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
+
 from fpcancel.cli import main
 from fpcancel.sandbox import (
     OrderScript,

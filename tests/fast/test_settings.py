@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fpcancel.errors import BadInput, SettingsError
-from fpcancel.settings import RateLimit, Secret, Settings, load_settings
 from hypothesis import given
 from hypothesis import strategies as st
+
+from fpcancel.errors import BadInput, SettingsError
+from fpcancel.settings import RateLimit, Secret, Settings, load_settings
 
 TOKEN = "fp-tok-9c1e7b2a5d"
 
@@ -266,8 +267,9 @@ def test_an_accepted_base_url_sends_to_the_host_that_was_checked(url: str) -> No
     """The pair: whatever `check_base_url` accepts, `requests` sends to that same scheme, host and
     port; and plain http only to loopback."""
     import requests
-    from fpcancel.settings import check_base_url, is_loopback_host
     from urllib3.util import parse_url
+
+    from fpcancel.settings import check_base_url, is_loopback_host
 
     try:
         checked = check_base_url(url)
@@ -362,6 +364,7 @@ def test_every_command_refuses_to_start_on_a_bad_setting(
 ) -> None:
     """Exit 2 at start with one line naming the variable or the file."""
     from click.testing import CliRunner
+
     from fpcancel.cli import main
 
     monkeypatch.chdir(tmp_path)

@@ -8,13 +8,25 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fpcancel.answers import Answer, AnswerLost, ConnectFailed
-from fpcancel.classify import Decision, classify_cancel, classify_status_check
-from fpcancel.provider import parse_answer
-from fpcancel.statuses import JobStatus
-from fpcancel.transitions import ClaimedJob, JobUpdate, Policy, after_cancel, after_status_check
 from hypothesis import given
 from hypothesis import strategies as st
+
+from fpcancel.answers import Answer, AnswerLost, ConnectFailed
+from fpcancel.classify import Decision, classify_cancel, classify_status_check
+from fpcancel.pauses import pause_seconds, plan_pause
+from fpcancel.provider import parse_answer
+from fpcancel.statuses import JobStatus, PauseReason
+from fpcancel.transitions import (
+    ClaimedJob,
+    JobUpdate,
+    LostClaim,
+    Policy,
+    after_cancel,
+    after_lost_claim,
+    after_status_check,
+    round_again_values,
+    waiting_status,
+)
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 POLICY = Policy(
@@ -367,3 +379,105 @@ def test_a_huge_retry_after_still_schedules_the_job() -> None:
     assert update.status is JobStatus.RETRYING
     assert update.values["attempts"] == 1
     assert update.values["next_attempt_at"] > NOW
+
+
+# -- the waiting status, a lost worker's job, a new row ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "before, may_have_left, expected",
+    [
+        ("queued", False, JobStatus.QUEUED),
+        ("queued", True, JobStatus.RETRYING),
+        ("retrying", False, JobStatus.RETRYING),
+        ("retrying", True, JobStatus.RETRYING),
+    ],
+)
+def test_a_job_waits_as_queued_until_a_call_of_its_round_may_have_left(
+    before: str, may_have_left: bool, expected: JobStatus
+) -> None:
+    """One rule for every way back to waiting: `retrying` once a call was answered or may have
+    left, otherwise as it was."""
+    assert waiting_status(before, call_may_have_left=may_have_left) is expected
+
+
+def lost(**overrides: object) -> LostClaim:
+    values: dict[str, object] = dict(
+        id=7, attempts=0, round_start_attempts=0, call_may_have_left=False, lost_claims=0
+    )
+    values.update(overrides)
+    return LostClaim(**values)  # type: ignore[arg-type]
+
+
+def test_a_lost_worker_s_job_waits_again_at_once_when_nothing_left() -> None:
+    """Nothing was on the wire: the job is due now, queued as before, no status check."""
+    change = after_lost_claim(lost(), POLICY, NOW)
+    assert change.status is JobStatus.QUEUED and not change.final
+    assert change.values["next_attempt_at"] == NOW
+    assert change.values["needs_status_check"] is False
+    assert change.values["lost_claims"] == 1
+    assert change.values["dispatch_token"] is None and change.values["claimed_until"] is None
+
+
+def test_a_lost_worker_s_cancel_is_settled_by_a_status_check_after_the_timeout() -> None:
+    """A POST may have left: the next call is a status check, once the provider can have
+    finished it (FPCANCEL_HTTP_TIMEOUT_SECONDS later), and the job is `retrying`."""
+    change = after_lost_claim(lost(attempts=2, call_may_have_left=True), POLICY, NOW)
+    assert change.status is JobStatus.RETRYING
+    assert change.values["needs_status_check"] is True
+    assert change.values["next_attempt_at"] == NOW + timedelta(seconds=15)
+
+
+def test_a_job_whose_workers_keep_dying_fails_with_the_reason() -> None:
+    """The third lost worker (FPCANCEL_MAX_LOST_CLAIMS) ends the job `failed`, saying why."""
+    change = after_lost_claim(lost(lost_claims=2), POLICY, NOW)
+    assert change.status is JobStatus.FAILED and change.final
+    assert change.values["finished_at"] == NOW
+    assert "lost 3 times" in change.values["last_message"]
+
+
+def test_a_round_again_resets_what_a_round_counts() -> None:
+    """`jobs retry`: queued now, unfinished, no check, no lost workers, nothing held."""
+    values = round_again_values(NOW)
+    assert values["status"] == "queued" and values["next_attempt_at"] == NOW
+    assert values["finished_at"] is None and values["lost_claims"] == 0
+    assert values["needs_status_check"] is False and values["in_call_since"] is None
+
+
+# -- the fleet pause ------------------------------------------------------------------------------
+
+
+def plan_seconds(decision: Decision, result: Answer, failures: int = 1) -> tuple[object, float]:
+    plan = plan_pause(decision, result)
+    seconds = pause_seconds(
+        plan,
+        failures_in_a_row=failures,
+        window_frees_in=3.5,
+        rate_window_seconds=60,
+        retry_base_seconds=5,
+        retry_max_seconds=900,
+    )
+    return plan.reason, seconds
+
+
+def test_the_fleet_pause_for_each_kind_of_answer() -> None:
+    """429 waits Retry-After; a refused token, a wrong URL or an unbuildable request double from
+    the retry base; remaining 0 waits for the fleet's own window; anything else, no pause."""
+    answer_429 = api(429, "Too Many Attempts.", {"Retry-After": "7"})
+    assert plan_seconds(RATE_LIMITED, answer_429) == (PauseReason.RATE_LIMITED, 7)
+    bare_429 = api(429, "Too Many Attempts.")
+    assert plan_seconds(classify_cancel(bare_429), bare_429) == (PauseReason.RATE_LIMITED, 60)
+    answer_401 = api(401, "Unauthenticated.")
+    assert plan_seconds(UNAUTHORIZED, answer_401, failures=3) == (PauseReason.UNAUTHORIZED, 20)
+    spent = api(202, "cancelledOrderSuccessfully", {"x-ratelimit-remaining": "0"})
+    assert plan_seconds(SUCCEEDED, spent) == (PauseReason.RATE_LIMITED, 3.5)
+    ok = api(202, "cancelledOrderSuccessfully", {"x-ratelimit-remaining": "3"})
+    assert plan_seconds(SUCCEEDED, ok) == (None, 0)
+
+
+def test_a_call_that_went_through_ends_a_setup_fault_and_a_transport_error_does_not() -> None:
+    """Only an answer from the API (not refused) resets the doubling."""
+    assert plan_pause(SUCCEEDED, api(202, "cancelledOrderSuccessfully")).went_through
+    assert not plan_pause(UNAUTHORIZED, api(401, "Unauthenticated.")).went_through
+    failed = ConnectFailed("refused")
+    assert not plan_pause(classify_cancel(failed), failed).went_through

@@ -7,10 +7,11 @@ import unicodedata
 from urllib.parse import quote
 
 import pytest
-from fpcancel.errors import BadInput, ValidationError
-from fpcancel.validation import clean_lane, clean_note, clean_order_uuid, clean_source
 from hypothesis import given
 from hypothesis import strategies as st
+
+from fpcancel.errors import BadInput, ValidationError
+from fpcancel.validation import clean_lane, clean_note, clean_order_uuid, clean_source
 
 # The contract's alphabets, spelled out here rather than borrowed from the module under test.
 ORDER_ID_CHARS = frozenset(string.ascii_letters + string.digits + "_-")

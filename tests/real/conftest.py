@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fpcancel.migrate import upgrade
-from fpcancel.models.db import make_engine, make_session_factory
-from fpcancel.models.tables import CancelAttempt, CancelJob
-from fpcancel.sandbox import SandboxServer
 from redis import Redis
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from fpcancel.migrate import upgrade
+from fpcancel.models.db import make_engine, make_session_factory
+from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.sandbox import SandboxServer
+from fpcancel.statuses import TERMINAL_STATUSES
 from tests.conftest import need
 
 REDIS_URL = os.environ.get("FPCANCEL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -28,7 +29,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 TOKEN = "real-tier-token-7d41c9e0a2"
 FPCANCEL = str(Path(sys.executable).with_name("fpcancel"))
-TERMINAL = {"succeeded", "already_paid", "not_found", "invalid_payload", "dead", "failed"}
+TERMINAL = {status.value for status in TERMINAL_STATUSES}
 
 
 def _redis_ok() -> bool:

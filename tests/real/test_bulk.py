@@ -5,6 +5,9 @@ import threading
 import time
 from typing import Any
 
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.pool import NullPool
+
 from fpcancel.app import make_celery
 from fpcancel.bulk import BulkRow
 from fpcancel.models.db import make_engine, make_session_factory
@@ -12,9 +15,6 @@ from fpcancel.models.tables import CancelJob
 from fpcancel.producer import Producer
 from fpcancel.sandbox import SandboxServer
 from fpcancel.settings import Settings
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.pool import NullPool
-
 from tests.real.conftest import (
     FPCANCEL,
     all_terminal,

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fpcancel.models.tables import CancelAttempt, CancelJob
-from fpcancel.sandbox import SandboxServer
 from redis import Redis
 from sqlalchemy import func, select
 
+from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.sandbox import SandboxServer
 from tests.conftest import need
 from tests.real.conftest import all_terminal, base_env, cli, enqueue_orders, statuses, wait_until
 

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
-from fpcancel.models.tables import CancelAttempt, CancelJob
 from sqlalchemy import select
 
+from fpcancel.models.tables import CancelAttempt, CancelJob
 from tests.real.conftest import (
     TOKEN,
     Worker,

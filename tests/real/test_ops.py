@@ -5,7 +5,6 @@ import json
 from typing import Any
 
 from fpcancel.sandbox import SandboxServer
-
 from tests.real.conftest import all_terminal, cli, statuses, wait_until
 
 ORDER = "ODR900000001"
@@ -93,10 +92,11 @@ def test_stats_latency_is_postgresqls_percentile_cont(sessions: Any) -> None:
     import random
     from datetime import timedelta
 
+    from sqlalchemy import func, insert, select
+
     from fpcancel.models.db import utcnow
     from fpcancel.models.tables import CancelAttempt, CancelJob
     from fpcancel.stats import PERCENTILES, collect_stats
-    from sqlalchemy import func, insert, select
 
     rng = random.Random(7)
     now = utcnow()

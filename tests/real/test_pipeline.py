@@ -5,8 +5,8 @@ import json
 from typing import Any
 
 from celery import Celery
-from fpcancel.sandbox import SandboxServer
 
+from fpcancel.sandbox import SandboxServer
 from tests.real.conftest import TOKEN, all_terminal, attempts_of, cli, statuses, wait_until
 
 MIX = {
@@ -74,8 +74,9 @@ def test_a_duplicate_delivery_calls_the_provider_once(
     env: dict[str, str], sandbox: SandboxServer, sessions: Any, start_worker: Any
 ) -> None:
     """The same message published three times: one POST, one attempt row."""
-    from fpcancel.models.tables import CancelJob
     from sqlalchemy import select
+
+    from fpcancel.models.tables import CancelJob
 
     env_down = {**env, "FPCANCEL_BROKER_URL": "redis://127.0.0.1:1/0"}
     assert (

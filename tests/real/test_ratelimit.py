@@ -3,7 +3,6 @@
 from typing import Any
 
 from fpcancel.sandbox import SandboxServer
-
 from tests.real.conftest import (
     TOKEN,
     all_terminal,

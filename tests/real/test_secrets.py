@@ -5,9 +5,9 @@ import shutil
 import subprocess
 from typing import Any
 
-from fpcancel.sandbox import SandboxServer
 from redis import Redis
 
+from fpcancel.sandbox import SandboxServer
 from tests.real.conftest import FPCANCEL, TOKEN, all_terminal, cli, wait_until
 
 

@@ -13,6 +13,7 @@ demo.py      demo
 import sys
 
 import click
+
 from fpcancel import __version__
 from fpcancel.cli import db, demo, enqueue, jobs, sandbox, stats, worker
 from fpcancel.cli.context import CliContext, FpcancelGroup, settings_help

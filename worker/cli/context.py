@@ -14,16 +14,18 @@ from functools import cached_property, update_wrapper
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import click
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+
 from fpcancel.errors import BadInput, FpcancelError
 from fpcancel.settings import VARIABLES, Settings, load_settings
 from fpcancel.statuses import LANES, RETRYABLE_BY_OPS, JobStatus
 from fpcancel.textsafe import printable
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 if TYPE_CHECKING:
-    from fpcancel.producer import Producer
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
+
+    from fpcancel.producer import Producer
 
 P = ParamSpec("P")
 R = TypeVar("R")

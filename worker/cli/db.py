@@ -1,6 +1,7 @@
 """`fpcancel db upgrade`."""
 
 import click
+
 from fpcancel.cli.context import CliContext, pass_cli, say
 
 

@@ -1,6 +1,7 @@
 """`fpcancel demo`: the whole pipeline on this machine, no services needed."""
 
 import click
+
 from fpcancel.cli.context import CliContext, fail, pass_cli
 
 
@@ -13,8 +14,9 @@ def demo(cli: CliContext) -> None:
     FPCANCEL_BROKER_URL if one answers), the sandbox on a free port and a worker in this process
     cancel a customer's order and a small stock-out with paid, unknown and flaky orders.
     """
-    from fpcancel.demo import run_demo
     from rich.console import Console
+
+    from fpcancel.demo import run_demo
 
     code = run_demo(cli.settings, Console(stderr=True))
     if code:

@@ -3,6 +3,7 @@
 from typing import Any
 
 import click
+
 from fpcancel.cli.context import (
     LANE_CHOICE,
     CliContext,

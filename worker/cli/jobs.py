@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING
 
 import click
+
 from fpcancel.cli.context import (
     BIGINT_MAX,
     JOB_ID,

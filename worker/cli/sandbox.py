@@ -4,6 +4,7 @@ import json
 from typing import Any
 
 import click
+
 from fpcancel.cli.context import fail, say
 
 

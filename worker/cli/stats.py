@@ -1,6 +1,7 @@
 """`fpcancel stats`: what the tables say about the last while."""
 
 import click
+
 from fpcancel.cli.context import CliContext, emit_json, json_option, parse_time, pass_cli
 
 

@@ -1,6 +1,7 @@
 """`fpcancel worker`: the Celery worker and the feed, in one process."""
 
 import click
+
 from fpcancel.cli.context import CliContext, pass_cli
 
 
