@@ -44,6 +44,9 @@ What is printed per run, from the sandbox's log of arrival times:
 - busy: the fleet's threads' share of the span spent waiting for a rate-limit slot or in a call
   (sum of rate_wait_ms + duration_ms of the span's attempts / (threads x span)); the rest is
   threads idle, or in the database and Celery.
+- lag: for each job's first cancel POST, its arrival at the sandbox minus the moment its worker
+  had its rate-limit slot (`started_at`), p50 / p99 / max: what the limiter's margin (0.5 % of W
+  + 25 ms) must cover, or a window opens late at the provider.
 - load: the machine's mean 1-minute load average over the span (the fleet's own included), to
   tell a run disturbed by other work.
 """
@@ -58,8 +61,9 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -74,7 +78,7 @@ from bench._common import (
     worker_env,
 )
 from models.db import make_engine, make_session_factory
-from models.tables import CancelAttempt
+from models.tables import CancelAttempt, CancelJob
 from worker.app import make_celery
 from worker.bulk import BulkRow
 from worker.producer import Producer
@@ -126,6 +130,7 @@ class Result:
     fill: float
     gap: float
     busy: float
+    lag_ms: tuple[float, ...]
     load: float
 
 
@@ -142,8 +147,12 @@ def fleet_for(shape: Shape, env: dict[str, str], logdir: Path) -> Fleet:
     return Fleet([command] * shape.workers, env, logdir)
 
 
-def busy_share(database_url: str, start: float, end: float, threads: int) -> float:
-    """Thread time spent waiting for a slot or in a call, over the span, per thread."""
+def from_the_table(
+    database_url: str, start: float, end: float, threads: int, calls: list[dict[str, Any]]
+) -> tuple[float, list[float]]:
+    """(busy share, send lags in seconds): thread time spent waiting for a slot or in a call
+    over the span, per thread; and for each job's first cancel, its arrival at the sandbox minus
+    the moment the worker had its slot (`started_at`)."""
     engine = make_engine(database_url)
     since, until = (datetime.fromtimestamp(t, UTC) for t in (start, end))
     with engine.connect() as c:
@@ -152,8 +161,20 @@ def busy_share(database_url: str, start: float, end: float, threads: int) -> flo
                 CancelAttempt.started_at >= since, CancelAttempt.started_at < until
             )
         ).all()
+        first_cancels = c.execute(
+            select(CancelJob.order_uuid, func.min(CancelAttempt.started_at))
+            .join(CancelJob, CancelJob.id == CancelAttempt.job_id)
+            .where(CancelAttempt.kind == "cancel")
+            .group_by(CancelJob.order_uuid)
+        ).all()
     engine.dispose()
-    return sum(w + d for w, d in rows) / 1000 / (threads * (end - start))
+    busy = sum(w + d for w, d in rows) / 1000 / (threads * (end - start))
+    arrived: dict[str, float] = {}
+    for call in calls:
+        if call["kind"] == "cancel":
+            arrived.setdefault(call["order"], call["time"])
+    lags = [arrived[o] - at.timestamp() for o, at in first_cancels if o in arrived]
+    return busy, lags
 
 
 def sample_load(until: float) -> float:
@@ -191,7 +212,7 @@ def run_shape(shape: Shape, logdir: Path, quick: bool, extra_env: dict[str, str]
             fleet.stop()
         calls = control.calls()
         producer.sessions.kw["bind"].dispose()
-        busy = busy_share(url, first, first + span, shape.workers * shape.threads)
+        busy, lags = from_the_table(url, first, first + span, shape.workers * shape.threads, calls)
     arrivals = [t for t in admitted_arrivals(calls) if t < ended]
     used, windows, fill, gap = budget_use(arrivals, span, ended, shape.calls, per)
     refused = sorted(c["time"] - first for c in calls if c["throttled"])
@@ -206,6 +227,7 @@ def run_shape(shape: Shape, logdir: Path, quick: bool, extra_env: dict[str, str]
         fill=fill,
         gap=gap,
         busy=busy,
+        lag_ms=tuple(percentile(lags, q) * 1000 for q in (0.5, 0.99, 1.0)),
         load=load,
     )
 
@@ -273,7 +295,8 @@ def print_result(r: Result) -> None:
         f"{s.name:<11} {s.workers}x{s.threads:<2} {s.rate:>6}  {answers:>7}  {r.span:5.0f} s"
         f"  used {r.used:5.3f}  429s {r.refused:3d}  worst {r.worst:3d}/{s.calls:<3d}"
         f"  windows {r.windows:3d} fill {r.fill:4.2f} gap {r.gap:6.3f} s"
-        f"  busy {r.busy:4.2f}  load {r.load:3.1f}" + (f"  (429 at {when})" if when else ""),
+        f"  busy {r.busy:4.2f}  lag {'/'.join(f'{x:.0f}' for x in r.lag_ms)} ms"
+        f"  load {r.load:3.1f}" + (f"  (429 at {when})" if when else ""),
         flush=True,
     )
 
