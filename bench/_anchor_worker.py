@@ -1,6 +1,7 @@
 """A worker configured the way Celery alone would do it, for bench/ratelimit.py's anchor:
-Celery's per-worker `rate_limit` on the task at the full limit, and no fleet-wide limiter
-(each process limits only itself). Everything else is fpcancel's own worker.
+Celery's per-worker `rate_limit` on the task (bench/ratelimit.py gives each worker its share of
+the limit), and no fleet-wide limiter (each process limits only itself). Everything else is
+fpcancel's own worker, its scheduler included.
 
     python bench/_anchor_worker.py CONCURRENCY CELERY_RATE_LIMIT   # e.g. 8 10/s
 """

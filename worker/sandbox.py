@@ -26,8 +26,9 @@ modes (``rate_mode``):
   sub-second windows; times are kept as floats, as Redis's millisecond expiry keeps them), and
   ``Retry-After`` is at least 1 where Laravel's ``max(0, ...)`` sends 0 in the last fraction of a
   second before the window ends.
-- ``"sliding"``: a strict sliding window, at most N admitted calls in any W seconds; ``Retry-After``
-  is the wait until the oldest admitted call leaves the window, rounded up.
+- ``"sliding"``: a strict sliding window, at most N admitted calls in any W seconds; remaining is
+  N minus the calls admitted in the last W seconds when the answer is built; ``Retry-After`` is
+  the wait until the oldest admitted call leaves the window, rounded up.
 
 ``answer_delay_seconds`` makes every provider call answer that long after it arrived (the call is
 counted at its arrival), to simulate a provider that takes, say, 30 ms per answer.
