@@ -88,11 +88,9 @@ def _dialect(session: Session) -> str:
 def _insert_if_no_active(session: Session) -> postgresql.Insert | sqlite.Insert:
     """INSERT into cancel_jobs that does nothing for an order that already has an active or
     succeeded job: the partial unique index decides, so concurrent producers cannot both win."""
-    stmt = (
-        postgresql.insert(CancelJob)
-        if _dialect(session) == "postgresql"
-        else sqlite.insert(CancelJob)
-    )
+    # The table, not the ORM entity: a Core statement, whose rowcount the bulk move reads.
+    table = CancelJob.__table__
+    stmt = postgresql.insert(table) if _dialect(session) == "postgresql" else sqlite.insert(table)
     return stmt.on_conflict_do_nothing(index_elements=["order_uuid"], index_where=text(ACTIVE_SQL))
 
 
@@ -144,7 +142,9 @@ _STAGE_META = MetaData()
 _STAGE = Table(
     "fpcancel_bulk_stage",
     _STAGE_META,
-    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column(
+        "seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+    ),
     Column("order_uuid", Text),
     Column("note", Text),
     prefixes=["TEMPORARY"],
@@ -233,7 +233,12 @@ def _move_staged(session: Session, source: str | None, lane: str, now: datetime)
         .where(_STAGE.c.seq.in_(firsts))
         .order_by(_STAGE.c.seq)
     )
-    stmt = _insert_if_no_active(session).from_select(columns, chosen)
+    # SQLAlchemy reads an INSERT's rowcount only when asked to keep it.
+    stmt = (
+        _insert_if_no_active(session)
+        .from_select(columns, chosen)
+        .execution_options(preserve_rowcount=True)
+    )
     for attempt in range(DEADLOCK_RETRIES):
         try:
             with session.begin_nested():

@@ -22,12 +22,12 @@ from fpcancel.sandbox import (
     OrderScript,
     SandboxControl,
     SandboxServer,
-    _digest,
     admitted_arrivals,
     fixed_windows,
     max_calls_in_window,
     parse_rate_limit,
 )
+from fpcancel.sandbox.state import _digest
 
 TOKEN = "sandbox-test-token-7f3a9c"
 NOTE = "Customer asked to cancel"
