@@ -87,7 +87,7 @@ def main() -> None:
                 ways[name](f"ODR{1 if name == 'ours' else 2}{n:08d}")
                 if n >= args.warmup:
                     timings[name].append(time.perf_counter() - started)
-        producer_module.default_producer().sessions.kw["bind"].dispose()
+        default_producer().sessions.kw["bind"].dispose()
         engine.dispose()
     fresh_redis()
     p = {name: (percentile(t, 0.5), percentile(t, 0.99)) for name, t in timings.items()}

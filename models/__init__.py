@@ -2,12 +2,14 @@
 `fpcancel.statuses`."""
 
 from fpcancel.models.db import make_engine, make_session_factory, utcnow
-from fpcancel.models.tables import Base, CancelAttempt, CancelJob
+from fpcancel.models.tables import Base, CancelAttempt, CancelEvent, CancelJob, WebhookDelivery
 
 __all__ = [
     "Base",
     "CancelAttempt",
+    "CancelEvent",
     "CancelJob",
+    "WebhookDelivery",
     "make_engine",
     "make_session_factory",
     "utcnow",

@@ -1,12 +1,15 @@
-"""The two tables ops read directly: `cancel_jobs` and `cancel_attempts` (SPEC.md, "Tables").
+"""The tables ops read directly: `cancel_jobs`, `cancel_attempts` (SPEC.md, "Tables"), and
+`cancel_events` with `webhook_deliveries` (SPEC.md, "Outcome events").
 
 The names in SPEC.md are fixed; the extra columns are the worker's bookkeeping and are documented
 in README.md ("The job table").
 """
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -17,10 +20,18 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from fpcancel.models.types import UTCDateTime
-from fpcancel.statuses import ACTIVE_SQL, LANES, WAITING_SQL, AttemptKind, JobStatus
+from fpcancel.statuses import (
+    ACTIVE_SQL,
+    LANES,
+    WAITING_SQL,
+    AttemptKind,
+    DeliveryStatus,
+    JobStatus,
+)
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, so BIGINT becomes INTEGER there.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -134,4 +145,63 @@ class CancelAttempt(Base):
         ),
         Index("uq_cancel_attempts_job_number", "job_id", "number", unique=True),
         Index("ix_cancel_attempts_started_at", "started_at"),
+    )
+
+
+# JSON on SQLite, JSONB on PostgreSQL.
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+_delivery_list = ", ".join(f"'{d.value}'" for d in DeliveryStatus)
+_due_delivery_sql = f"delivery = '{DeliveryStatus.WAITING.value}'"
+
+
+class CancelEvent(Base):
+    """One outcome the shop hears about, written in the same transaction as the job's terminal
+    change; also the webhook outbox (the delivery columns are fpcancel's bookkeeping)."""
+
+    __tablename__ = "cancel_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigId, ForeignKey("cancel_jobs.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    # Delivery: waiting (due at next_delivery_at), delivered or failed; a deliverer holding the
+    # event sets claim_token and claimed_until.
+    delivery: Mapped[str] = mapped_column(String(16), server_default=DeliveryStatus.WAITING.value)
+    delivery_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_delivery_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint(f"delivery IN ({_delivery_list})", name="ck_cancel_events_delivery"),
+        Index("ix_cancel_events_job_id", "job_id", "id"),
+        Index("ix_cancel_events_delivery", "delivery", "id"),
+        # The deliverers' "what is due" query, whatever the backlog.
+        Index(
+            "ix_cancel_events_due",
+            "next_delivery_at",
+            postgresql_where=text(_due_delivery_sql),
+            sqlite_where=text(_due_delivery_sql),
+        ),
+    )
+
+
+class WebhookDelivery(Base):
+    """One try to deliver an event to the shop's webhook."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(BigId, ForeignKey("cancel_events.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)  # 1, 2, ... over every try of the event
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("uq_webhook_deliveries_event_attempt", "event_id", "attempt", unique=True),
+        Index("ix_webhook_deliveries_started_at", "started_at"),
     )

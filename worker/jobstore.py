@@ -19,7 +19,7 @@ was taken back, a late update touches nothing. `insert_job` is `insert_jobs([...
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -89,7 +89,7 @@ def _insert_if_no_active(session: Session) -> postgresql.Insert | sqlite.Insert:
     """INSERT into cancel_jobs that does nothing for an order that already has an active or
     succeeded job: the partial unique index decides, so concurrent producers cannot both win."""
     # The table, not the ORM entity: a Core statement, whose rowcount the bulk move reads.
-    table = CancelJob.__table__
+    table = cast(Table, CancelJob.__table__)
     stmt = postgresql.insert(table) if _dialect(session) == "postgresql" else sqlite.insert(table)
     return stmt.on_conflict_do_nothing(index_elements=["order_uuid"], index_where=text(ACTIVE_SQL))
 

@@ -74,3 +74,14 @@ class PauseReason(StrEnum):
 
 # Faults of the setup, not of the rate: they share one pause that doubles while they last.
 SETUP_FAULTS = frozenset({PauseReason.UNAUTHORIZED, PauseReason.MISROUTED, PauseReason.NOT_SENT})
+
+
+class DeliveryStatus(StrEnum):
+    """Where an outcome event's webhook delivery stands (`cancel_events.delivery`)."""
+
+    WAITING = "waiting"  # not delivered yet: due at `next_delivery_at`, or no webhook configured
+    DELIVERED = "delivered"  # a 2xx came back
+    FAILED = "failed"  # FPCANCEL_WEBHOOK_MAX_ATTEMPTS ran out; `events redeliver` sends it again
+
+
+EVENT_FINISHED = "cancel_job.finished"
