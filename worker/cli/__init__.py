@@ -15,7 +15,7 @@ import sys
 import click
 
 from fpcancel import __version__
-from fpcancel.cli import db, demo, enqueue, jobs, sandbox, stats, worker
+from fpcancel.cli import db, demo, enqueue, events, jobs, sandbox, stats, worker
 from fpcancel.cli.context import CliContext, FpcancelGroup, settings_help
 
 
@@ -36,7 +36,7 @@ def main(ctx: click.Context) -> None:
     ctx.obj = CliContext(ctx)
 
 
-for module in (db, enqueue, worker, jobs, stats, demo, sandbox):
+for module in (db, enqueue, worker, jobs, events, stats, demo, sandbox):
     for command in module.COMMANDS:
         main.add_command(command)
 
