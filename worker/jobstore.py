@@ -119,7 +119,7 @@ def _insert_if_no_active(session: Db) -> postgresql.Insert | sqlite.Insert:
         stmt = _INSERTS[dialect] = insert_.on_conflict_do_nothing(
             index_elements=["order_uuid"], index_where=text(ACTIVE_SQL)
         )
-    return stmt  # type: ignore[no-any-return]
+    return stmt
 
 
 def _lock(stmt: Any, session: Session) -> Any:
