@@ -9,7 +9,8 @@ from fpcancel.jobstore import Dispatch
 from fpcancel.settings import Settings
 from fpcancel.statuses import LANES
 
-TASK_NAME = "fpcancel.cancel"
+TASK_NAME = "fpcancel.cancel"  # args: job_id, token
+BATCH_TASK_NAME = "fpcancel.cancel_batch"  # args: [[job_id, token], ...]
 
 
 def queue_names(prefix: str = "fpcancel") -> dict[str, str]:
@@ -59,18 +60,22 @@ def make_celery(settings: Settings, queue_prefix: str = "fpcancel") -> Celery:
     return app
 
 
-def publish(app: Celery, dispatches: Iterable[Dispatch]) -> int:
-    """Send one message per dispatch over one producer connection; returns how many."""
+def publish(app: Celery, dispatches: Iterable[Dispatch], batch: int = 1) -> int:
+    """Send the dispatched jobs over one producer connection, at most `batch` jobs of a lane per
+    message (one job: the single-job task); returns how many jobs were sent."""
     sent = 0
     queues = app.conf.fpcancel_queues
+    by_lane: dict[str, list[Dispatch]] = {}
+    for item in dispatches:
+        by_lane.setdefault(item.lane, []).append(item)
     with app.producer_or_acquire() as producer:
-        for item in dispatches:
-            app.send_task(
-                TASK_NAME,
-                args=[item.job_id, item.token],
-                queue=queues[item.lane],
-                producer=producer,
-                retry=True,
-            )
-            sent += 1
+        for lane, items in by_lane.items():
+            for start in range(0, len(items), max(1, batch)):
+                chunk = items[start : start + max(1, batch)]
+                if len(chunk) == 1:
+                    name, args = TASK_NAME, [chunk[0].job_id, chunk[0].token]
+                else:
+                    name, args = BATCH_TASK_NAME, [[[d.job_id, d.token] for d in chunk]]
+                app.send_task(name, args=args, queue=queues[lane], producer=producer, retry=True)
+                sent += len(chunk)
     return sent

@@ -8,15 +8,22 @@ so two feeds never send the same job. Each round it:
 1. takes back jobs whose worker died holding them (the claim expired): they wait again, with a
    status check first if a cancel may have left; a job that loses its worker too often fails;
 2. sends jobs that are due (`next_attempt_at` has passed), customers (`live`) before `bulk`, but
-   only as many as the fleet can start soon (the rate limit and the fleet's threads): a 100,000-job
-   bulk waits in the table, not in Redis or in a worker's memory;
+   only as many as the fleet can start soon (`feed_plan`: about two seconds of the rate budget,
+   at most two messages per thread): a 100,000-job bulk waits in the table, not in Redis or in
+   a worker's memory. When the rate is high a message carries a few jobs (never more than a
+   thread's share of half a second of the budget), so a worker's per-message costs are shared;
 3. sends again jobs whose message was lost: sent longer than `dispatch_lease_seconds` ago and
    never claimed. A job waiting its turn in the table was never sent, so it is never "lost".
+
+Rounds run when a worker thread finishes a message (`Fleet.wake`), so the fleet never waits for
+the next round to get more work, and at least every `scheduler_interval_seconds`; taking back
+lost workers' jobs and counting the gauges happen once an interval.
 """
 
 import logging
 import math
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +39,29 @@ from fpcancel.runtime import Runtime
 from fpcancel.statuses import LANES, JobStatus
 
 log = logging.getLogger("fpcancel.scheduler")
+AHEAD_SECONDS = 2.0  # jobs in flight cover about this much of the rate budget
+BATCH_MAX = 16  # jobs per message at most
+BATCH_HOLD_SECONDS = 0.5  # a batch holds its thread for no longer than this at its rate share
+
+
+@dataclass(frozen=True)
+class FeedPlan:
+    """How much work the fleet should have in flight, and how it is packed into messages."""
+
+    target: int  # jobs in flight (sent and not yet finished)
+    batch: int  # jobs per message
+
+
+def feed_plan(rate_per_second: float, threads: int) -> FeedPlan:
+    """Enough jobs in flight to use about AHEAD_SECONDS of the rate budget, but no more than two
+    messages per thread (a quarter of the threads is kept free for customers' jobs, which skip
+    the feed); a message carries as many jobs as a thread's share of the rate makes in
+    BATCH_HOLD_SECONDS (at least one, at most BATCH_MAX). Pure."""
+    usable = max(1, threads - threads // 4)
+    share = rate_per_second / usable
+    batch = max(1, min(BATCH_MAX, math.floor(share * BATCH_HOLD_SECONDS)))
+    target = min(math.ceil(rate_per_second * AHEAD_SECONDS) + 1, usable * batch * 2)
+    return FeedPlan(target, batch)
 
 
 @dataclass
@@ -50,18 +80,27 @@ class Scheduler:
         self.member = member or uuid.uuid4().hex[:12]
         self.threads = threads
         self._counted_at: datetime | None = None
+        self._housekept_at: datetime | None = None
+        self._lead_checked_at = -1e9
+        self._led = False
+        self._threads = 0
 
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Run rounds every `scheduler_interval_seconds` until `stop` is set."""
+        """Run rounds until `stop` is set: the leader when a thread frees or every
+        `scheduler_interval_seconds`, the others every interval (to lead when it falls free)."""
         interval = self.runtime.settings.scheduler_interval_seconds
         while not stop.is_set():
+            led = False
             try:
-                self.round()
+                led = self.round().led
             except Exception:  # the loop must outlive a database or broker outage
                 log.exception("scheduler round failed; trying again in %.1f s", interval)
-            stop.wait(interval)
+            if led and not stop.is_set():
+                self.runtime.fleet.wait_for_work(interval)
+            else:
+                stop.wait(interval)
         self.runtime.fleet.resign(self.member)
         self.runtime.fleet.unregister(self.member)
 
@@ -75,26 +114,27 @@ class Scheduler:
     def round(self) -> RoundReport:
         rt, settings = self.runtime, self.runtime.settings
         report = RoundReport()
-        lease = max(5.0, 5 * settings.scheduler_interval_seconds)
-        if self.threads:
-            rt.fleet.register(self.member, self.threads, lease * 2)
-        if not rt.fleet.lead(self.member, lease):
+        if not self._leading():
             return report
         report.led = True
         now = rt.clock()
-        with rt.sessions.begin() as session:
-            report.reclaimed, report.failed = jobstore.take_back_expired(session, now, rt.policy)
-            if self._gauges_due(now):
-                self.count_jobs(session)
-        metrics.RECLAIMED.inc(report.reclaimed)
+        if self._housekeeping_due(now):
+            with rt.sessions.begin() as session:
+                report.reclaimed, report.failed = jobstore.take_back_expired(
+                    session, now, rt.policy
+                )
+                if self._gauges_due(now):
+                    self.count_jobs(session)
+            metrics.RECLAIMED.inc(report.reclaimed)
         if rt.limiter.paused_for() > 0:
             return report  # nothing can start now; what is sent would only come back
+        plan = feed_plan(settings.rate_limit.per_second, self._threads)
         with rt.sessions.begin() as session:
-            room = self.room(session, now)
-            dispatches, report.resent = self.pick_due(session, now, room)
+            room = plan.target - self.in_flight(session, now)
+            dispatches, report.resent = self.pick_due(session, now, room) if room > 0 else ([], 0)
         if dispatches:
             try:
-                report.sent = publish(rt.app, dispatches)
+                report.sent = publish(rt.app, dispatches, batch=plan.batch)
                 metrics.SENT.inc(report.sent)
                 metrics.RESENT.inc(report.resent)
             except Exception as exc:
@@ -105,6 +145,30 @@ class Scheduler:
                 with rt.sessions.begin() as session:
                     jobstore.clear_dispatch(session, dispatches)
         return report
+
+    def _leading(self) -> bool:
+        """Take or keep the feed's lead, and say this member is alive. Rounds come at every
+        thread's wake-up; the lease (5 intervals, at least 5 s) is renewed once it is a fifth
+        spent, not at each."""
+        fleet = self.runtime.fleet
+        lease = max(5.0, 5 * self.runtime.settings.scheduler_interval_seconds)
+        now = time.monotonic()
+        if now < self._lead_checked_at + lease / 5:
+            return self._led
+        self._lead_checked_at = now
+        if self.threads:
+            fleet.register(self.member, self.threads, lease * 2)
+        self._led = fleet.lead(self.member, lease)
+        self._threads = fleet.threads()
+        return self._led
+
+    def _housekeeping_due(self, now: datetime) -> bool:
+        """Take back lost workers' jobs once an interval, not at every wake-up."""
+        interval = self.runtime.settings.scheduler_interval_seconds
+        if self._housekept_at is not None and (now - self._housekept_at).total_seconds() < interval:
+            return False
+        self._housekept_at = now
+        return True
 
     def _gauges_due(self, now: datetime) -> bool:
         """Count jobs by status for the gauges every 10 s, not every round."""
@@ -127,29 +191,22 @@ class Scheduler:
         for status, count in counts.items():
             metrics.JOBS.labels(status).set(count)
 
-    def room(self, session: Session, now: datetime) -> int:
-        """How many more jobs may be in flight: about two seconds of the rate budget (enough to
-        keep every slot used between rounds), leaving a quarter of the fleet's threads free for
-        customers' jobs that skip the scheduler."""
-        settings = self.runtime.settings
-        ahead = max(2.0, 2 * settings.scheduler_interval_seconds)
-        want = math.ceil(settings.rate_limit.per_second * ahead) + 1
-        threads = self.runtime.fleet.threads()
-        if threads:
-            want = min(want, max(1, threads - math.ceil(threads / 4)))
-        # In flight: held by a worker, or sent recently. A message older than the dispatch lease
-        # is lost and must not hold its place, or lost messages would stop the scheduler.
-        lost_before = now - timedelta(seconds=settings.dispatch_lease_seconds)
-        in_flight = session.execute(
-            select(func.count())
-            .select_from(CancelJob)
-            .where(
-                CancelJob.dispatch_token.is_not(None),
-                (CancelJob.status == JobStatus.RUNNING.value)
-                | (CancelJob.dispatched_at >= lost_before),
-            )
-        ).scalar_one()
-        return max(0, want - in_flight)
+    def in_flight(self, session: Session, now: datetime) -> int:
+        """Jobs held by a worker, or sent recently. A message older than the dispatch lease is
+        lost and must not hold its place, or lost messages would stop the feed. (The partial
+        index on sent jobs keeps this count small whatever the table's size.)"""
+        lost_before = now - timedelta(seconds=self.runtime.settings.dispatch_lease_seconds)
+        return int(
+            session.execute(
+                select(func.count())
+                .select_from(CancelJob)
+                .where(
+                    CancelJob.dispatch_token.is_not(None),
+                    (CancelJob.status == JobStatus.RUNNING.value)
+                    | (CancelJob.dispatched_at >= lost_before),
+                )
+            ).scalar_one()
+        )
 
     def pick_due(self, session: Session, now: datetime, room: int) -> tuple[list[Dispatch], int]:
         """Mark up to `room` due jobs as sent (customers first); plus how many of them are

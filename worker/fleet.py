@@ -1,5 +1,6 @@
-"""What the workers of one fleet know of each other through Redis: who runs the scheduler now,
-and how many task threads the fleet has (the scheduler sends no more work than they can take)."""
+"""What the workers of one fleet know of each other through Redis: who runs the feed now, how many
+task threads the fleet has (the feed sends no more work than they can take), and a wake-up call
+for the feed when a thread frees (so it refills at once, not at its next round)."""
 
 import threading
 import time
@@ -24,6 +25,12 @@ class Fleet(Protocol):
     def threads(self) -> int:
         """Task threads of every live member."""
 
+    def wake(self) -> None:
+        """Tell the feed that a thread finished its message (cheap; repeated calls coalesce)."""
+
+    def wait_for_work(self, timeout: float) -> None:
+        """The feed's nap: until a `wake` or `timeout` seconds."""
+
 
 _LEAD = """
 local holder = redis.call('GET', KEYS[1])
@@ -45,6 +52,7 @@ class RedisFleet:
         self._redis = redis
         self._lead_key = f"{PREFIX}{namespace}:scheduler"
         self._members_key = f"{PREFIX}{namespace}:members"
+        self._wake_key = f"{PREFIX}{namespace}:wake"
         self._lead = redis.register_script(_LEAD)
         self._resign = redis.register_script(_RESIGN)
 
@@ -74,6 +82,15 @@ class RedisFleet:
             self._redis.hdel(self._members_key, *stale)
         return total
 
+    def wake(self) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.lpush(self._wake_key, 1)
+        pipe.ltrim(self._wake_key, 0, 0)  # one pending wake-up is as good as many
+        pipe.execute()
+
+    def wait_for_work(self, timeout: float) -> None:
+        self._redis.blpop([self._wake_key], timeout=max(0.01, timeout))
+
 
 class LocalFleet:
     """One process is the whole fleet (the embedded demo)."""
@@ -83,6 +100,7 @@ class LocalFleet:
         self._leader: str | None = None
         self._lead_until = 0.0
         self._members: dict[str, int] = {}
+        self._woken = threading.Event()
 
     def lead(self, member: str, ttl_seconds: float) -> bool:
         with self._lock:
@@ -108,3 +126,10 @@ class LocalFleet:
     def threads(self) -> int:
         with self._lock:
             return sum(self._members.values())
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def wait_for_work(self, timeout: float) -> None:
+        self._woken.wait(timeout)
+        self._woken.clear()

@@ -5,9 +5,8 @@ Each function takes the caller's `Session` and is one step of the state machine 
 
     insert_jobs / insert_staged   enqueue, enqueue-bulk           (new)  ──▶ queued
     dispatch_due / clear_dispatch the feed sends a waiting job    queued | retrying (message out)
-    claim_job                     a worker takes it               queued | retrying ──▶ running
-    mark_in_call                  a cancel POST is about to leave running
-    record_call                   a call's row, and its outcome   running ──▶ terminal | retrying
+    claim_jobs                    a worker takes a message's jobs queued | retrying ──▶ running
+    record_calls                  the calls' rows, and outcomes   running ──▶ terminal | retrying
     release_job                   back untouched (no slot, stop)  running ──▶ queued | retrying
     take_back_expired             the worker was lost             running ──▶ retrying | failed
     send_round_again              ops: `jobs retry`               dead | failed ──▶ queued
@@ -34,6 +33,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    bindparam,
     case,
     func,
     insert,
@@ -41,6 +41,7 @@ from sqlalchemy import (
     null,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -55,6 +56,7 @@ from fpcancel.statuses import (
     ACTIVE_SQL,
     ACTIVE_STATUSES,
     EVENT_FINISHED,
+    WAITING_SQL,
     WAITING_STATUSES,
     AttemptKind,
     JobStatus,
@@ -104,6 +106,7 @@ def _dialect(db: Db) -> str:
 
 
 _INSERTS: dict[str, Any] = {}
+_JOBS = cast(Table, CancelJob.__table__)
 
 
 def _insert_if_no_active(session: Db) -> postgresql.Insert | sqlite.Insert:
@@ -308,21 +311,21 @@ def dispatch_due(
             .order_by(CancelJob.next_attempt_at, CancelJob.id)
             .limit(room - len(picked))
         )
-        for row in session.execute(_lock(stmt, session)).all():
-            token = make_token()
-            changed = session.execute(
-                update(CancelJob)
-                .where(CancelJob.id == row.id, CancelJob.status.in_(WAITING))
-                .where(
-                    CancelJob.dispatch_token.is_(None)
-                    if row.dispatch_token is None
-                    else CancelJob.dispatch_token == row.dispatch_token
-                )
-                .values(dispatch_token=token, dispatched_at=now)
-            ).rowcount  # type: ignore[attr-defined]
-            if changed:
-                picked.append(Dispatch(row.id, token, lane))
-                resent += row.dispatch_token is not None
+        rows = session.execute(_lock(stmt, session)).all()
+        if not rows:
+            continue
+        # The rows are ours now (locked on PostgreSQL; SQLite writes one transaction at a time),
+        # so one executemany marks them all.
+        tokens = [make_token() for _ in rows]
+        session.execute(
+            update(_JOBS)
+            .where(_JOBS.c.id == bindparam("job_id"), text(WAITING_SQL))  # no IN list: executemany
+            .values(dispatch_token=bindparam("token"), dispatched_at=now),
+            [{"job_id": row.id, "token": token} for row, token in zip(rows, tokens, strict=True)],
+        )
+        for row, token in zip(rows, tokens, strict=True):
+            picked.append(Dispatch(row.id, token, lane))
+            resent += row.dispatch_token is not None
     return picked, resent
 
 
@@ -376,29 +379,46 @@ def take_back_expired(session: Session, now: datetime, policy: Policy) -> tuple[
 # -- a worker's hold on a job ---------------------------------------------------------------------
 
 
-def claim_job(
-    session: Session, job_id: int, token: str, now: datetime, lease_seconds: float
-) -> ClaimedJob | None:
-    """Take the job for this message, or None: a second delivery of the same message, a stale
-    message, or a job that is not waiting (atomic: one conditional UPDATE)."""
-    before = session.execute(
-        select(CancelJob.status).where(CancelJob.id == job_id, CancelJob.dispatch_token == token)
-    ).scalar_one_or_none()
-    if before not in WAITING:
-        return None
-    row = session.execute(
-        update(CancelJob)
-        .where(
-            CancelJob.id == job_id,
-            CancelJob.dispatch_token == token,
-            CancelJob.status.in_(WAITING),
+def claim_jobs(
+    session: Db,
+    items: Sequence[tuple[int, str]],
+    now: datetime,
+    lease_seconds: float,
+) -> list[ClaimedJob]:
+    """Take the jobs of one message, (job id, one-time token) each: those still waiting with
+    that token turn `running`, held for `lease_seconds`; a duplicate or stale message takes
+    nothing. Each is marked as having a POST possibly on the wire from now (`in_call_since`):
+    should the worker die, the order's status is checked before anyone POSTs again."""
+    if not items:
+        return []
+    pairs = tuple_(CancelJob.id, CancelJob.dispatch_token).in_(list(items))
+    calls_made = (
+        select(func.coalesce(func.max(CancelAttempt.number), 0))
+        .where(CancelAttempt.job_id == CancelJob.id)
+        .scalar_subquery()
+    )
+    before = {
+        row.id: (str(row.status), int(row.calls))
+        for row in session.execute(
+            select(CancelJob.id, CancelJob.status, calls_made.label("calls")).where(
+                pairs, CancelJob.status.in_(WAITING)
+            )
         )
+    }
+    if not before:
+        return []
+    rows = session.execute(
+        update(CancelJob)
+        .where(CancelJob.id.in_(list(before)), pairs, CancelJob.status.in_(WAITING))
         .values(
             status=JobStatus.RUNNING.value,
             claimed_until=now + timedelta(seconds=lease_seconds),
+            in_call_since=now,
             updated_at=now,
         )
         .returning(
+            CancelJob.id,
+            CancelJob.dispatch_token,
             CancelJob.order_uuid,
             CancelJob.note,
             CancelJob.lane,
@@ -406,20 +426,32 @@ def claim_job(
             CancelJob.round_start_attempts,
             CancelJob.needs_status_check,
         )
-    ).one_or_none()
-    if row is None:
-        return None
-    return ClaimedJob(
-        id=job_id,
-        order_uuid=row.order_uuid,
-        note=row.note,
-        lane=row.lane,
-        status_before=str(before),
-        attempts=row.attempts,
-        round_start_attempts=row.round_start_attempts,
-        needs_status_check=row.needs_status_check,
-        token=token,
-    )
+        .execution_options(synchronize_session=False)
+    ).all()
+    claimed = {
+        row.id: ClaimedJob(
+            id=row.id,
+            order_uuid=row.order_uuid,
+            note=row.note,
+            lane=row.lane,
+            status_before=before[row.id][0],
+            attempts=row.attempts,
+            round_start_attempts=row.round_start_attempts,
+            needs_status_check=row.needs_status_check,
+            token=row.dispatch_token,
+            calls_made=before[row.id][1],
+        )
+        for row in rows
+    }
+    return [claimed[job_id] for job_id, _ in items if job_id in claimed]
+
+
+def claim_job(
+    session: Db, job_id: int, token: str, now: datetime, lease_seconds: float
+) -> ClaimedJob | None:
+    """`claim_jobs` for one message of one job."""
+    claimed = claim_jobs(session, [(job_id, token)], now, lease_seconds)
+    return claimed[0] if claimed else None
 
 
 def _held(job: ClaimedJob) -> tuple[ColumnElement[bool], ...]:
@@ -440,7 +472,7 @@ def mark_in_call(session: Session, job: ClaimedJob, now: datetime) -> bool:
 
 
 def release_job(
-    session: Session,
+    session: Db,
     job: ClaimedJob,
     now: datetime,
     after_seconds: float,
@@ -476,103 +508,172 @@ def release_job(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def record_call(
-    session: Session,
-    job: ClaimedJob,
-    *,
-    kind: AttemptKind,
-    started_at: datetime,
-    finished_at: datetime,
-    result: CallResult,
-    decision: Decision,
-    update_: JobUpdate,
-    rate_wait_seconds: float = 0.0,
-) -> bool:
-    """Write the call's attempt row and apply `update_` to the job, in one transaction.
+@dataclass(frozen=True)
+class CallRecord:
+    """One call to the provider as it happened, what it meant, and where it leaves its job:
+    what `record_calls` writes."""
 
-    The attempt row is written even when the job is no longer ours (the call happened); the job
-    itself changes only while we still hold it. Returns whether it did.
-    """
-    if isinstance(result, Answer):
-        http_status: int | None = result.status
-        message = result.message or (None if result.body is not None else _first_line(result.text))
-        body: str | None = result.text[:BODY_KEEP_CHARS]
-        duration_ms = result.duration_ms
-    else:
-        http_status, message, body, duration_ms = None, result.message, None, result.duration_ms
-    number = (
-        session.execute(
-            select(func.coalesce(func.max(CancelAttempt.number), 0)).where(
-                CancelAttempt.job_id == job.id
-            )
-        ).scalar_one()
-        + 1
+    job: ClaimedJob
+    number: int  # the call's number among the job's calls (status checks included)
+    kind: AttemptKind
+    started_at: datetime
+    finished_at: datetime
+    result: CallResult
+    decision: Decision
+    update: JobUpdate
+    rate_wait_seconds: float = 0.0
+
+
+def record_calls(session: Db, records: Sequence[CallRecord]) -> set[int]:
+    """Write each call's attempt row and apply its update to its job, in the caller's
+    transaction and in order; a job that becomes terminal gets its outcome event here.
+
+    The attempt rows are written even for jobs that are no longer ours (the calls happened); a
+    job itself changes only while we still hold it. Returns the ids of the jobs that did."""
+    if not records:
+        return set()
+    session.execute(insert(CancelAttempt), [_attempt_row(r) for r in records])
+    # Consecutive records that set the same columns go in one executemany; a job's records stay
+    # in order (a status check's before its cancel).
+    group: list[CallRecord] = []
+    for record in [*records, None]:
+        if group and (record is None or _job_values(record).keys() != _job_values(group[0]).keys()):
+            _update_held(session, group)
+            group = []
+        if record is not None:
+            group.append(record)
+    # Which jobs took their last record: their row now says what it said (a job taken back
+    # meanwhile does not), and the terminal ones get their event.
+    last = {record.job.id: record for record in records}
+    held: set[int] = set()
+    finished: list[tuple[Mapping[Any, Any], datetime]] = []
+    rows = session.execute(
+        select(*_EVENT_COLUMNS, _JOBS.c.updated_at).where(_JOBS.c.id.in_(list(last)))
     )
+    for row in rows:
+        record = last[row.id]
+        if row.updated_at == record.finished_at and row.status == record.update.status.value:
+            held.add(row.id)
+            if record.update.final:
+                finished.append((row._mapping, record.finished_at))
+    _write_finished_events(session, finished)
+    return held
+
+
+def _update_held(session: Db, records: Sequence[CallRecord]) -> None:
+    """Apply records that set the same columns, each to its job only while we still hold it."""
+    columns = _job_values(records[0])
     session.execute(
-        insert(CancelAttempt).values(
-            job_id=job.id,
-            number=number,
-            kind=kind.value,
-            started_at=started_at,
-            finished_at=finished_at,
-            duration_ms=duration_ms,
-            http_status=http_status,
-            outcome=decision.outcome.value,
-            message=message,
-            response_body=body,
-            counted=kind is AttemptKind.CANCEL and decision.counts,
-            retry_in_ms=None
-            if update_.retry_in_seconds is None
-            else int(update_.retry_in_seconds * 1000),
-            rate_wait_ms=int(rate_wait_seconds * 1000),
+        update(_JOBS)
+        .where(
+            _JOBS.c.id == bindparam("held_id"),
+            _JOBS.c.dispatch_token == bindparam("held_token"),
+            _JOBS.c.status == JobStatus.RUNNING.value,
         )
+        .values({name: bindparam(f"v_{name}") for name in columns}),
+        [
+            {
+                "held_id": r.job.id,
+                "held_token": r.job.token,
+                **{f"v_{name}": value for name, value in _job_values(r).items()},
+            }
+            for r in records
+        ],
     )
-    values = dict(update_.values)
+
+
+def record_call(session: Db, record: CallRecord) -> bool:
+    """`record_calls` for one call; whether the job was still ours."""
+    return record.job.id in record_calls(session, [record])
+
+
+def _attempt_row(record: CallRecord) -> dict[str, Any]:
+    message, body, http_status = _gist(record.result)
+    return {
+        "job_id": record.job.id,
+        "number": record.number,
+        "kind": record.kind.value,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "duration_ms": record.result.duration_ms,
+        "http_status": http_status,
+        "outcome": record.decision.outcome.value,
+        "message": message,
+        "response_body": body,
+        "counted": record.kind is AttemptKind.CANCEL and record.decision.counts,
+        "retry_in_ms": None
+        if record.update.retry_in_seconds is None
+        else int(record.update.retry_in_seconds * 1000),
+        "rate_wait_ms": int(record.rate_wait_seconds * 1000),
+    }
+
+
+def _job_values(record: CallRecord) -> dict[str, Any]:
+    message, _, http_status = _gist(record.result)
+    values = dict(record.update.values)
     values.update(
-        status=update_.status.value,
+        status=record.update.status.value,
         last_http_status=http_status,
         last_message=message,
-        updated_at=finished_at,
+        updated_at=record.finished_at,
     )
-    if decision.errors is not None:
-        values["last_errors"] = errors_json(decision.errors)
-    if kind is AttemptKind.CANCEL:
+    if record.decision.errors is not None:
+        values["last_errors"] = errors_json(record.decision.errors)
+    if record.kind is AttemptKind.CANCEL:
         values["in_call_since"] = None
-    if not update_.proceed:
+    if not record.update.proceed:
         values.update(NOT_HELD)
-    changed = session.execute(
-        update(CancelJob).where(*_held(job)).values(**values).returning(*_EVENT_COLUMNS)
-    ).one_or_none()
-    if changed is not None and update_.final:
-        _write_finished_event(session, changed._mapping, finished_at)
-    return changed is not None
+    return values
+
+
+def _gist(result: CallResult) -> tuple[str | None, str | None, int | None]:
+    """(message, body kept, HTTP status) of a call's result."""
+    if isinstance(result, Answer):
+        message = result.message or (None if result.body is not None else _first_line(result.text))
+        return message, result.text[:BODY_KEEP_CHARS], result.status
+    return result.message, None, None
 
 
 # -- outcome events ---------------------------------------------------------------------------
 
-_EVENT_COLUMNS = tuple(CancelJob.__table__.c[name] for name in JOB_COLUMNS)
+_EVENT_COLUMNS = tuple(_JOBS.c[name] for name in JOB_COLUMNS)
 
 
-def _write_finished_event(session: Session, job: Mapping[Any, Any], now: datetime) -> int:
-    """The job just became terminal: its `cancel_job.finished` event, in the same transaction
-    (SPEC.md, "Outcome events"), due for delivery at once. Returns the event's id."""
-    event_id = session.execute(
-        insert(CancelEvent)
-        .values(
-            job_id=job["id"],
-            type=EVENT_FINISHED,
-            created_at=now,
-            payload={},
-            next_delivery_at=now,
+def _write_finished_events(
+    session: Db, finished: Sequence[tuple[Mapping[Any, Any], datetime]]
+) -> list[int]:
+    """Jobs that just became terminal: each its `cancel_job.finished` event, in the same
+    transaction (SPEC.md, "Outcome events"), due for delivery at once. Returns the event ids."""
+    if not finished:
+        return []
+    rows = [
+        {
+            "job_id": job["id"],
+            "type": EVENT_FINISHED,
+            "created_at": at,
+            "payload": {},
+            "next_delivery_at": at,
+        }
+        for job, at in finished
+    ]
+    ids = list(
+        session.scalars(
+            insert(CancelEvent).returning(CancelEvent.id, sort_by_parameter_order=True), rows
         )
-        .returning(CancelEvent.id)
-    ).scalar_one()
-    session.execute(
-        update(CancelEvent)
-        .where(CancelEvent.id == event_id)
-        .values(payload=finished_payload(event_id, now, job))
     )
-    return int(event_id)
+    events = cast(Table, CancelEvent.__table__)
+    session.execute(
+        update(events).where(events.c.id == bindparam("event_id")).values(payload=bindparam("doc")),
+        [
+            {"event_id": event_id, "doc": finished_payload(event_id, at, job)}
+            for event_id, (job, at) in zip(ids, finished, strict=True)
+        ],
+    )
+    return ids
+
+
+def _write_finished_event(session: Db, job: Mapping[Any, Any], now: datetime) -> int:
+    return _write_finished_events(session, [(job, now)])[0]
 
 
 def _first_line(text: str, limit: int = 200) -> str | None:

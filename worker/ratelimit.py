@@ -152,6 +152,7 @@ class RedisLimiter:
         self._waiters_key = base + "live-waiters"
         self._pause_prefix = base + "pause:"
         self._failures_key = base + "failures:"
+        self._success_noted_at = -1e9
         self._acquire = redis.register_script(_ACQUIRE)
         self._pause = redis.register_script(_PAUSE)
         self._paused_for = redis.register_script(_PAUSED_FOR)
@@ -200,6 +201,12 @@ class RedisLimiter:
         return int(count)
 
     def note_success(self) -> None:
+        # Every call that goes through says so, but one reset a second per process is plenty:
+        # a setup fault's count only has to start again once the setup works.
+        now = time.monotonic()
+        if now - self._success_noted_at < 1.0:
+            return
+        self._success_noted_at = now
         self._redis.delete(*(self._failures_key + r.value for r in SETUP_FAULTS))
 
 

@@ -100,6 +100,13 @@ class Settings:
         return self.rate_limit_wait_seconds + 2 * call + 30.0
 
     @property
+    def call_budget_seconds(self) -> float:
+        """The most one more job of a batch can add to its run: a wait for a slot and a call."""
+        return (
+            self.rate_limit_wait_seconds + self.connect_timeout_seconds + self.http_timeout_seconds
+        )
+
+    @property
     def rate_limit_wait_seconds(self) -> float:
         """How long a claimed job waits for a rate-limit slot before it goes back untouched."""
         return max(5.0, min(30.0, 4 * self.rate_limit.per_seconds / self.rate_limit.calls))

@@ -1,32 +1,36 @@
-"""The cancel task: claim the job, call, classify, record, then finish or schedule.
+"""The cancel task: claim a message's jobs, then for each call, classify, decide; record them all
+in one transaction.
 
 Every decision is made by the pure core (`fpcancel.classify`: what an answer means;
 `fpcancel.pauses`: what it means for the fleet; `fpcancel.transitions`: where the job goes) and
-every write goes through `fpcancel.jobstore`. This module only carries them out, one short
-transaction at a time, and never holds a database connection while it waits for the rate limiter
-or the provider.
+every write goes through `fpcancel.jobstore`. This module only carries them out, and never holds
+a database connection while it waits for the rate limiter or the provider.
+
+A message carries one job (a customer's, or a retry) or, when the rate is high, a few (the feed
+sizes them so a batch never holds a thread for long): a batch is claimed in one transaction and
+its calls are recorded in one, which is what lets one worker keep up with a fast provider.
 """
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from celery import shared_task
+from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from fpcancel import jobstore, metrics
 from fpcancel.answers import Answer, CallResult, ProviderError
-from fpcancel.app import TASK_NAME
+from fpcancel.app import BATCH_TASK_NAME, TASK_NAME
 from fpcancel.classify import Decision, classify_cancel, classify_status_check
+from fpcancel.jobstore import CallRecord
 from fpcancel.pauses import pause_seconds, plan_pause
 from fpcancel.ratelimit import wait_for_slot
 from fpcancel.runtime import Runtime, current
 from fpcancel.statuses import AttemptKind, PauseReason
-from fpcancel.transitions import ClaimedJob, JobUpdate, after_cancel, after_status_check
+from fpcancel.transitions import ClaimedJob, after_cancel, after_status_check
 
 log = logging.getLogger("fpcancel.calls")
 T = TypeVar("T")
@@ -34,13 +38,20 @@ T = TypeVar("T")
 
 @shared_task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
 def cancel_order(job_id: int, token: str) -> str:
-    """Celery's entry point; the work is in `run_job`."""
+    """Celery's entry point for a message of one job."""
     return run_job(current(), job_id, token)
 
 
-def in_transaction(runtime: Runtime, work: Callable[[Session], T], *, patience: float = 0) -> T:
-    """Run `work` in one transaction; while the database is away, keep trying for `patience`
-    seconds (an answer already received must not be forgotten)."""
+@shared_task(name=BATCH_TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
+def cancel_orders(items: list[list[Any]]) -> list[str]:
+    """Celery's entry point for a message of several jobs: [[job_id, token], ...]."""
+    return run_jobs(current(), [(int(job_id), str(token)) for job_id, token in items])
+
+
+def in_transaction(runtime: Runtime, work: Callable[[Connection], T], *, patience: float = 0) -> T:
+    """Run `work` in one transaction (a Core connection: the task's writes need no ORM); while
+    the database is away, keep trying for `patience` seconds (an answer already received must
+    not be forgotten)."""
     retrying = Retrying(
         retry=retry_if_exception_type((OperationalError, InterfaceError)),
         stop=stop_after_delay(patience),
@@ -48,36 +59,138 @@ def in_transaction(runtime: Runtime, work: Callable[[Session], T], *, patience: 
         reraise=True,
     )
     for attempt in retrying:
-        with attempt, runtime.sessions.begin() as session:
-            return work(session)
+        with attempt, runtime.engine.begin() as connection:
+            return work(connection)
     raise AssertionError("unreachable")
 
 
 def run_job(runtime: Runtime, job_id: int, token: str) -> str:
-    """Handle one message for one job; returns what happened, for logs and tests."""
+    """Handle a message of one job; returns what happened, for logs and tests."""
+    return run_jobs(runtime, [(job_id, token)])[0]
+
+
+def run_jobs(runtime: Runtime, items: Sequence[tuple[int, str]]) -> list[str]:
+    """Handle one message: claim its jobs, run each (a status check first when one is due,
+    then the cancel), record every call and every job's new state in one transaction. Returns
+    what happened to each job of the message ("skipped" for one not claimed: a duplicate or
+    stale message)."""
     settings = runtime.settings
     now = runtime.clock()
-    job = in_transaction(
-        runtime, lambda s: jobstore.claim_job(s, job_id, token, now, settings.claim_lease_seconds)
-    )
-    if job is None:
-        return "skipped"  # a duplicate or stale message: someone else has (or had) this job
-    try:
-        if job.needs_status_check:
-            outcome = _status_check(runtime, job)
-            if outcome != "proceed":
-                return outcome
-        return _cancel(runtime, job)
-    except Exception:
-        log.exception(
-            "job=%s order=%s: unexpected error; the job goes back", job.id, job.order_uuid
-        )
-        _give_back(runtime, job, after_seconds=settings.retry_base_seconds)
-        return "error"
+    lease = settings.claim_lease_seconds + (len(items) - 1) * settings.call_budget_seconds
+    claimed = in_transaction(runtime, lambda c: jobstore.claim_jobs(c, items, now, lease))
+    batch = _Batch(runtime)
+    outcomes = {job.id: batch.run(job) for job in claimed}
+    batch.flush()
+    if claimed:
+        runtime.fleet.wake()  # a thread is free: the feed may send more
+    return [outcomes.get(job_id, "skipped") for job_id, _ in items]
+
+
+@dataclass(frozen=True)
+class _Release:
+    """A job going back to wait, untouched by this run's calls."""
+
+    job: ClaimedJob
+    after_seconds: float
+    call_left: bool | None
+
+
+@dataclass
+class _Batch:
+    """One message's writes, kept in order and applied in one transaction by `flush`."""
+
+    runtime: Runtime
+    writes: list[CallRecord | _Release] = field(default_factory=list)
+
+    def run(self, job: ClaimedJob) -> str:
+        runtime = self.runtime
+        if runtime.stop.is_set():
+            return self._release(job, 0.0, call_left=False)  # stopping: back untouched
+        try:
+            number = job.calls_made
+            if job.needs_status_check:
+                record = self._call(job, AttemptKind.STATUS_CHECK, number + 1)
+                if record is None:
+                    return "released"
+                number += 1
+                if not record.update.proceed:
+                    return record.update.status.value
+            record = self._call(job, AttemptKind.CANCEL, number + 1)
+            return "released" if record is None else record.update.status.value
+        except Exception:
+            log.exception(
+                "job=%s order=%s: unexpected error; the job goes back", job.id, job.order_uuid
+            )
+            return self._release(job, runtime.settings.retry_base_seconds, call_left=None)
+
+    def _call(self, job: ClaimedJob, kind: AttemptKind, number: int) -> CallRecord | None:
+        """Wait for a rate-limit slot, make the call, decide; None when the job went back
+        without one."""
+        runtime = self.runtime
+        waited = _slot(runtime, job)
+        if waited is None:
+            self._release(job, runtime.limiter.paused_for(), call_left=False)
+            return None
+        assert runtime.client is not None
+        client = runtime.client
+        started = runtime.clock()
+        result: CallResult
+        try:
+            if kind is AttemptKind.CANCEL:
+                result = client.cancel_order(job.order_uuid, job.note)
+            else:
+                result = client.order_status(job.order_uuid)
+        except ProviderError as exc:
+            result = exc
+        finished = runtime.clock()
+        if kind is AttemptKind.CANCEL:
+            decision = classify_cancel(result, finished.timestamp())
+            pause = _heed(runtime, decision, result)
+            update = after_cancel(job, decision, runtime.policy, finished, pause, runtime.rng)
+        else:
+            decision = classify_status_check(result, finished.timestamp())
+            pause = _heed(runtime, decision, result)
+            update = after_status_check(job, decision, runtime.policy, finished, pause)
+        record = CallRecord(job, number, kind, started, finished, result, decision, update, waited)
+        self.writes.append(record)
+        return record
+
+    def _release(self, job: ClaimedJob, after_seconds: float, *, call_left: bool | None) -> str:
+        self.writes.append(_Release(job, after_seconds, call_left))
+        return "released" if call_left is not None else "error"
+
+    def flush(self) -> None:
+        """Apply the writes in order, in one transaction; keep trying while the database is
+        away, for as long as we hold the jobs."""
+        if not self.writes:
+            return
+        runtime = self.runtime
+        now = runtime.clock()
+
+        def write(connection: Connection) -> set[int]:
+            held: set[int] = set()
+            pending: list[CallRecord] = []
+            for item in [*self.writes, None]:
+                if isinstance(item, CallRecord):
+                    pending.append(item)
+                    continue
+                held |= jobstore.record_calls(connection, pending)
+                pending = []
+                if isinstance(item, _Release):
+                    jobstore.release_job(
+                        connection, item.job, now, item.after_seconds, call_left=item.call_left
+                    )
+            return held
+
+        held = in_transaction(runtime, write, patience=runtime.settings.claim_lease_seconds)
+        for item in self.writes:
+            if isinstance(item, CallRecord):
+                _observe(item, held=item.job.id in held)
 
 
 def _slot(runtime: Runtime, job: ClaimedJob) -> float | None:
-    """Seconds waited for a rate-limit slot, or None when the job went back without one."""
+    """Seconds waited for a rate-limit slot, or None when there was none in time (or we are
+    stopping): the job then goes back untouched, no attempt spent."""
     granted, waited = wait_for_slot(
         runtime.limiter,
         job.lane,
@@ -85,131 +198,42 @@ def _slot(runtime: Runtime, job: ClaimedJob) -> float | None:
         stop=runtime.stop,
     )
     metrics.RATE_WAIT.labels(job.lane).observe(waited)
-    if not granted:
-        # Not our turn (or we are stopping): the job goes back untouched, no attempt spent.
-        _give_back(runtime, job, after_seconds=runtime.limiter.paused_for(), call_left=False)
-        return None
-    return waited
+    return waited if granted else None
 
 
-def _give_back(
-    runtime: Runtime, job: ClaimedJob, *, after_seconds: float, call_left: bool | None = None
-) -> None:
-    now = runtime.clock()
-    in_transaction(
-        runtime,
-        lambda s: jobstore.release_job(s, job, now, after_seconds, call_left=call_left),
-        patience=30,
-    )
-
-
-def _status_check(runtime: Runtime, job: ClaimedJob) -> str:
-    assert runtime.client is not None
-    client = runtime.client
-    call = _call(
-        runtime, job, AttemptKind.STATUS_CHECK, lambda: client.order_status(job.order_uuid)
-    )
-    if call is None:
-        return "released"
-    decision = classify_status_check(call.result, call.finished.timestamp())
-    pause = _heed(runtime, decision, call.result)
-    update = after_status_check(job, decision, runtime.policy, call.finished, pause)
-    _record(runtime, job, call, decision, update)
-    return "proceed" if update.proceed else update.status.value
-
-
-def _cancel(runtime: Runtime, job: ClaimedJob) -> str:
-    assert runtime.client is not None
-    client = runtime.client
-    # Marked before the wait, so the POST leaves the moment its slot is granted: the gap between
-    # the limiter's stamp and the provider's arrival time is what the limiter's margin covers.
-    in_transaction(runtime, lambda s: jobstore.mark_in_call(s, job, runtime.clock()), patience=10)
-    call = _call(
-        runtime, job, AttemptKind.CANCEL, lambda: client.cancel_order(job.order_uuid, job.note)
-    )
-    if call is None:
-        return "released"
-    decision = classify_cancel(call.result, call.finished.timestamp())
-    pause = _heed(runtime, decision, call.result)
-    update = after_cancel(job, decision, runtime.policy, call.finished, pause, runtime.rng)
-    _record(runtime, job, call, decision, update)
-    return update.status.value
-
-
-def _call(
-    runtime: Runtime, job: ClaimedJob, kind: AttemptKind, send: Callable[[], Answer]
-) -> "Call | None":
-    """Wait for a rate-limit slot, then make the call; None when the job went back instead."""
-    waited = _slot(runtime, job)
-    if waited is None:
-        return None
-    started = runtime.clock()
-    result: CallResult
-    try:
-        result = send()
-    except ProviderError as exc:
-        result = exc
-    return Call(kind, started, runtime.clock(), waited, result)
-
-
-@dataclass(frozen=True)
-class Call:
-    """One provider call as it happened."""
-
-    kind: AttemptKind
-    started: datetime
-    finished: datetime
-    rate_wait_seconds: float
-    result: CallResult
-
-
-def _record(
-    runtime: Runtime, job: ClaimedJob, call: Call, decision: Decision, update: JobUpdate
-) -> None:
-    """Write the attempt; keep trying while the database is away, for as long as we hold the job."""
-    held = in_transaction(
-        runtime,
-        lambda s: jobstore.record_call(
-            s,
-            job,
-            kind=call.kind,
-            started_at=call.started,
-            finished_at=call.finished,
-            result=call.result,
-            decision=decision,
-            update_=update,
-            rate_wait_seconds=call.rate_wait_seconds,
-        ),
-        patience=runtime.settings.claim_lease_seconds,
-    )
-    result = call.result
+def _observe(record: CallRecord, *, held: bool) -> None:
+    """One log line and the metrics of a recorded call."""
+    job, decision, result = record.job, record.decision, record.result
     http_status = result.status if isinstance(result, Answer) else None
-    metrics.CALLS.labels(call.kind.value, decision.outcome.value, str(http_status or "none")).inc()
-    metrics.CALL_SECONDS.labels(call.kind.value).observe(result.duration_ms / 1000)
-    if update.final and held:
-        metrics.FINISHED.labels(update.status.value).inc()
-    attempts = job.attempts + (1 if call.kind is AttemptKind.CANCEL and decision.counts else 0)
+    metrics.CALLS.labels(
+        record.kind.value, decision.outcome.value, str(http_status or "none")
+    ).inc()
+    metrics.CALL_SECONDS.labels(record.kind.value).observe(result.duration_ms / 1000)
+    if record.update.final and held:
+        metrics.FINISHED.labels(record.update.status.value).inc()
+    counted = record.kind is AttemptKind.CANCEL and decision.counts
+    attempts = job.attempts + (1 if counted else 0)
     log.info(
         "job=%s order=%s kind=%s attempts=%s outcome=%s http=%s duration_ms=%s rate_wait_ms=%d%s",
         job.id,
         job.order_uuid,
-        call.kind.value,
+        record.kind.value,
         attempts,
         decision.outcome.value,
         http_status or "-",
         result.duration_ms,
-        call.rate_wait_seconds * 1000,
+        record.rate_wait_seconds * 1000,
         "" if held else " (the job was taken back meanwhile; its status will be checked)",
         extra={
             "fields": {
                 "job_id": job.id,
                 "order_uuid": job.order_uuid,
-                "kind": call.kind.value,
+                "kind": record.kind.value,
                 "attempts": attempts,
                 "outcome": decision.outcome.value,
                 "http_status": http_status,
                 "duration_ms": result.duration_ms,
-                "rate_wait_ms": int(call.rate_wait_seconds * 1000),
+                "rate_wait_ms": int(record.rate_wait_seconds * 1000),
             }
         },
     )

@@ -57,6 +57,7 @@ class ClaimedJob:
     round_start_attempts: int
     needs_status_check: bool
     token: str
+    calls_made: int = 0  # calls of this job recorded before this claim (status checks too)
 
     def attempts_in_round(self) -> int:
         return self.attempts - self.round_start_attempts

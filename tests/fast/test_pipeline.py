@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from fpcancel.answers import AnswerLost, ConnectFailed
-from fpcancel.feed import Scheduler
+from fpcancel.feed import BATCH_MAX, Scheduler
 from fpcancel.models.tables import CancelAttempt, CancelJob
 from fpcancel.producer import Producer
 from fpcancel.runtime import Runtime
@@ -293,7 +293,8 @@ def test_a_large_waiting_bulk_is_fed_a_little_at_a_time_and_never_resent_wholesa
     runtime.fleet.register("w1", 8, 60)
     scheduler = Scheduler(runtime, member="test")
     first = scheduler.round()
-    assert 0 < first.sent <= 6  # 8 threads, a quarter kept free for customers
+    # At most two messages of at most BATCH_MAX jobs for each of the 6 threads not kept free.
+    assert 0 < first.sent <= 6 * 2 * BATCH_MAX < 1000
     clock.advance(1)
     assert scheduler.round().sent == 0  # nothing claimed yet: no room, nothing lost
     clock.advance(runtime.settings.dispatch_lease_seconds)
@@ -304,3 +305,26 @@ def test_a_large_waiting_bulk_is_fed_a_little_at_a_time_and_never_resent_wholesa
             select(func.count()).select_from(CancelJob).where(CancelJob.dispatch_token.is_not(None))
         )
     assert sent == first.sent
+
+
+@pytest.mark.parametrize(
+    "rate, threads, target, batch",
+    [
+        (4, 1, 4, 2),  # 240/60, one thread: two messages of two jobs (half a second each)
+        (4, 2, 4, 1),  # 240/60, two threads
+        (4, 24, 9, 1),  # 240/60, 3 x 8: two seconds of budget, one job a message
+        (10, 24, 21, 1),  # 10/1 s, 3 x 8
+        (10_000, 8, 96, 8),  # the limit far away: full batches, two per usable thread
+    ],
+)
+def test_the_feed_keeps_two_seconds_of_budget_in_flight_in_small_messages(
+    rate: float, threads: int, target: int, batch: int
+) -> None:
+    """In flight: about two seconds of the budget, at most two messages per thread (a quarter
+    of the threads kept free for customers); a message holds a thread for half a second at most."""
+    from fpcancel.feed import feed_plan
+
+    plan = feed_plan(rate, threads)
+    assert (plan.target, plan.batch) == (target, batch)
+    usable = threads - threads // 4
+    assert plan.batch / (rate / usable) <= 0.5 or plan.batch == 1
