@@ -77,6 +77,9 @@ class Settings:
     scheduler_interval_seconds: float = 1.0
     dispatch_lease_seconds: float = 60.0
     max_lost_claims: int = 3
+    # `fpcancel serve` signs its dashboard session cookies with this; unset, each process makes
+    # a random one at start (sessions end when it restarts; README.md, "HTTP service").
+    web_secret: Secret | None = field(default=None, repr=False)
 
     @property
     def connect_timeout_seconds(self) -> float:
@@ -108,7 +111,12 @@ class Settings:
     @property
     def redactor(self) -> Redactor:
         """Blanks every secret setting out of a text (`fpcancel.redaction`)."""
-        return Redactor([self.token.reveal() if self.token else None])
+        return Redactor(
+            [
+                self.token.reveal() if self.token else None,
+                self.web_secret.reveal() if self.web_secret else None,
+            ]
+        )
 
     def check_provider(self) -> None:
         """Refuse to call the provider without a token or over plain http to a remote host."""
@@ -214,6 +222,21 @@ def check_token(raw: str, name: str = "FRONTPAYMENT_TOKEN") -> Secret | None:
             "which no bearer token has (check how it was copied)"
         )
     return Secret(token)
+
+
+WEB_SECRET_MIN_CHARS = 32
+
+
+def check_web_secret(raw: str, name: str = "FPCANCEL_WEB_SECRET") -> Secret | None:
+    """The dashboard's signing secret: 32 or more printable ASCII characters, never quoted in an
+    error (`python -c 'import secrets; print(secrets.token_urlsafe(32))'` makes one)."""
+    secret = check_token(raw, name)
+    if secret is not None and len(secret.reveal()) < WEB_SECRET_MIN_CHARS:
+        raise SettingsError(
+            f"{name}: too short, at least {WEB_SECRET_MIN_CHARS} characters "
+            "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return secret
 
 
 SUPPORTED_DATABASES = ("postgresql", "sqlite")
@@ -363,6 +386,7 @@ VARIABLES = (
         "FPCANCEL_DISPATCH_LEASE_SECONDS", "dispatch_lease_seconds", _seconds(0.1, DAY_SECONDS)
     ),
     Variable("FPCANCEL_MAX_LOST_CLAIMS", "max_lost_claims", _count(1, 100)),
+    Variable("FPCANCEL_WEB_SECRET", "web_secret", check_web_secret),
 )
 
 

@@ -74,9 +74,7 @@ def test_a_shop_with_its_own_models_worker_and_migrations_enqueues(
     for name, text in SHOP.items():
         (shop / name).parent.mkdir(parents=True, exist_ok=True)
         (shop / name).write_text(text)
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("FPCANCEL_", "FRONTPAYMENT_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FPCANCEL_", "FRONTPAYMENT_"))}
     env.update(
         PYTHONPATH=str(shop),
         FPCANCEL_DATABASE_URL=database_url,
