@@ -204,6 +204,9 @@ class WebhookDelivery(Base):
     duration_ms: Mapped[int] = mapped_column(Integer)
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    # Whether this try counted against FPCANCEL_WEBHOOK_MAX_ATTEMPTS: not while the receiver as
+    # a whole is away (a probe).
+    counted: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
 
     __table_args__ = (
         Index("uq_webhook_deliveries_event_attempt", "event_id", "attempt", unique=True),

@@ -26,7 +26,9 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def add_job(sessions: sessionmaker[Session], order: str, status: str = "dead", **values: Any) -> int:
+def add_job(
+    sessions: sessionmaker[Session], order: str, status: str = "dead", **values: Any
+) -> int:
     """A job in `status` as a worker would have left it."""
     now = utcnow()
     finished = status not in ("queued", "running", "retrying")

@@ -7,6 +7,7 @@ The one import name a shop's code needs (SPEC.md, "Python API"):
     job_id = fpcancel.enqueue_cancel("ODR123456789", "Customer asked to cancel", source="shop")
     result = fpcancel.enqueue_bulk([("ODR1", "Out of stock")], source="stockout")
     job = fpcancel.get_job(job_id)
+    events = fpcancel.read_events(after=0, limit=100)
 
 The functions are loaded on first use (`fpcancel.api`), so importing one of fpcancel's modules
 does not pull in the database and broker libraries.
@@ -23,10 +24,11 @@ __all__ = [
     "enqueue_bulk",
     "enqueue_cancel",
     "get_job",
+    "read_events",
 ]
 
 if TYPE_CHECKING:
-    from fpcancel.api import enqueue_bulk, enqueue_cancel, get_job
+    from fpcancel.api import enqueue_bulk, enqueue_cancel, get_job, read_events
     from fpcancel.bulk import BulkInputError
     from fpcancel.errors import ValidationError
 
@@ -34,6 +36,7 @@ _LAZY = {
     "enqueue_cancel": "fpcancel.api",
     "enqueue_bulk": "fpcancel.api",
     "get_job": "fpcancel.api",
+    "read_events": "fpcancel.api",
     "BulkInputError": "fpcancel.bulk",
     "ValidationError": "fpcancel.errors",
 }

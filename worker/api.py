@@ -8,6 +8,7 @@ from the environment and ./.env once) and the same code the CLI runs:
     job_id = fpcancel.enqueue_cancel("ODR123456789", "Customer asked to cancel", source="shop")
     fpcancel.enqueue_bulk([("ODR1", "Out of stock"), ("ODR2", "Out of stock")], source="stockout")
     fpcancel.get_job(job_id)   # the `jobs show --json` object, or None
+    fpcancel.read_events(after=0, limit=100)   # outcome events' payloads, oldest first
 """
 
 from collections.abc import Iterable
@@ -56,3 +57,13 @@ def get_job(job_id: int) -> dict[str, Any] | None:
             return job_with_calls(session, job_id)
         except UnknownJobError:
             return None
+
+
+def read_events(after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    """Outcome events with an id above `after`, oldest first, at most `limit` (SPEC.md,
+    "Outcome events"): the payloads the webhook receives. Keep the last id you handled and pass
+    it as `after` next time."""
+    from fpcancel.events import read_events as read
+
+    with default_producer().sessions() as session:
+        return read(session, after, limit)

@@ -5,6 +5,7 @@
     │   ├── SettingsError     a malformed or missing environment variable
     │   ├── ValidationError   an order id, note, source or CSV line that breaks the contract
     │   ├── UnknownJobError   no job has that id
+    │   ├── UnknownEventError no event has that id
     │   └── JobStateError     the job is in the wrong state for the command
     └── ServiceError      exit 1: the database or broker cannot be reached
 
@@ -39,6 +40,10 @@ class ValidationError(BadInput):
 
 class UnknownJobError(BadInput):
     """No job has the id the user gave."""
+
+
+class UnknownEventError(BadInput):
+    """No outcome event has the id the user gave."""
 
 
 class JobStateError(BadInput):

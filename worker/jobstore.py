@@ -12,11 +12,15 @@ Each function takes the caller's `Session` and is one step of the state machine 
     take_back_expired             the worker was lost             running ──▶ retrying | failed
     send_round_again              ops: `jobs retry`               dead | failed ──▶ queued
 
+Whichever step makes a job terminal also writes its outcome event (`cancel_events`), in the same
+transaction: no outcome is lost, none invented, and a job sent round again gives a new one when
+it ends again.
+
 Changes a worker makes to a job it holds are guarded by the job's `dispatch_token`: once the job
 was taken back, a late update touches nothing. `insert_job` is `insert_jobs([...])[0]`.
 """
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -44,8 +48,16 @@ from sqlalchemy.orm import Session
 
 from fpcancel.answers import Answer, CallResult
 from fpcancel.classify import Decision, errors_json
-from fpcancel.models.tables import CancelAttempt, CancelJob
-from fpcancel.statuses import ACTIVE_SQL, ACTIVE_STATUSES, WAITING_STATUSES, AttemptKind, JobStatus
+from fpcancel.events import JOB_COLUMNS, finished_payload
+from fpcancel.models.tables import CancelAttempt, CancelEvent, CancelJob
+from fpcancel.statuses import (
+    ACTIVE_SQL,
+    ACTIVE_STATUSES,
+    EVENT_FINISHED,
+    WAITING_STATUSES,
+    AttemptKind,
+    JobStatus,
+)
 from fpcancel.transitions import (
     NOT_HELD,
     ClaimedJob,
@@ -329,14 +341,16 @@ def take_back_expired(session: Session, now: datetime, policy: Policy) -> tuple[
             lost_claims=row.lost_claims,
         )
         change = after_lost_claim(lost, policy, now)
-        session.execute(
+        changed = session.execute(
             update(CancelJob)
             .where(CancelJob.id == row.id, CancelJob.dispatch_token == row.dispatch_token)
             .values(status=change.status.value, updated_at=now, **change.values)
-        )
-        if change.final:
+            .returning(*_EVENT_COLUMNS)
+        ).one_or_none()
+        if changed is not None and change.final:
+            _write_finished_event(session, changed._mapping, now)
             failed += 1
-        else:
+        elif changed is not None:
             taken += 1
     return taken, failed
 
@@ -508,8 +522,39 @@ def record_call(
         values["in_call_since"] = None
     if not update_.proceed:
         values.update(NOT_HELD)
-    changed = session.execute(update(CancelJob).where(*_held(job)).values(**values))
-    return bool(changed.rowcount)  # type: ignore[attr-defined]
+    changed = session.execute(
+        update(CancelJob).where(*_held(job)).values(**values).returning(*_EVENT_COLUMNS)
+    ).one_or_none()
+    if changed is not None and update_.final:
+        _write_finished_event(session, changed._mapping, finished_at)
+    return changed is not None
+
+
+# -- outcome events ---------------------------------------------------------------------------
+
+_EVENT_COLUMNS = tuple(CancelJob.__table__.c[name] for name in JOB_COLUMNS)
+
+
+def _write_finished_event(session: Session, job: Mapping[Any, Any], now: datetime) -> int:
+    """The job just became terminal: its `cancel_job.finished` event, in the same transaction
+    (SPEC.md, "Outcome events"), due for delivery at once. Returns the event's id."""
+    event_id = session.execute(
+        insert(CancelEvent)
+        .values(
+            job_id=job["id"],
+            type=EVENT_FINISHED,
+            created_at=now,
+            payload={},
+            next_delivery_at=now,
+        )
+        .returning(CancelEvent.id)
+    ).scalar_one()
+    session.execute(
+        update(CancelEvent)
+        .where(CancelEvent.id == event_id)
+        .values(payload=finished_payload(event_id, now, job))
+    )
+    return int(event_id)
 
 
 def _first_line(text: str, limit: int = 200) -> str | None:

@@ -2,7 +2,7 @@
 
 import contextlib
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from fpcancel.errors import UnknownJobError
 from fpcancel.models.tables import CancelAttempt, CancelJob
+from fpcancel.times import iso
 
 JOB_FIELDS = (
     "id",
@@ -44,13 +45,6 @@ CALL_FIELDS = (
 )
 
 
-def iso(moment: datetime | None) -> str | None:
-    """ISO 8601 in UTC, with a Z."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _plain(value: Any) -> Any:
     return iso(value) if isinstance(value, datetime) else value
 
@@ -75,12 +69,19 @@ def get_job(session: Session, job_id: int) -> CancelJob:
 
 
 def job_with_calls(session: Session, job_id: int) -> dict[str, Any]:
-    """`jobs show`: the job and every call it made, oldest first."""
+    """`jobs show`: the job, every call it made and every outcome event it gave (with their
+    webhook deliveries), oldest first."""
+    from fpcancel.events import job_events
+
     job = get_job(session, job_id)
     calls = session.scalars(
         select(CancelAttempt).where(CancelAttempt.job_id == job_id).order_by(CancelAttempt.number)
     ).all()
-    return {**job_dict(job), "calls": [call_dict(c) for c in calls]}
+    return {
+        **job_dict(job),
+        "calls": [call_dict(c) for c in calls],
+        "events": job_events(session, job_id),
+    }
 
 
 def list_jobs(

@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fpcancel.queries import JOB_FIELDS, iso
+from fpcancel.queries import JOB_FIELDS
 from fpcancel.textsafe import csv_cell, printable
+from fpcancel.times import iso
 
 if TYPE_CHECKING:
     from fpcancel.ops import RetryResult
@@ -228,6 +229,82 @@ def job_detail(data: dict[str, Any]) -> None:
     console.print(table)
     if not calls:
         console.print("no calls yet", style="dim")
+    for event in data.get("events", []):
+        _event_detail(console, event)
+
+
+DELIVERY_STYLE = {"waiting": "yellow", "delivered": "green", "failed": "bold red"}
+
+
+def _event_detail(console: Console, event: dict[str, Any]) -> None:
+    """One outcome event of `jobs show`: its delivery state, then every try, one line each."""
+    delivery = event["delivery"]
+    head = Text.assemble(
+        (f"event {event['id']}", "bold"),
+        f"  {printable(event['type'])}  ",
+        (printable(delivery), DELIVERY_STYLE.get(delivery, "")),
+        f"  created {_when(event['created_at'], 23)}",
+        f"  delivered {_when(event['delivered_at'], 23)}" if event["delivered_at"] else "",
+        f"  next try {_when(event['next_delivery_at'], 23)}"
+        if delivery == "waiting" and event["next_delivery_at"]
+        else "",
+    )
+    console.print(head)
+    tries = event["deliveries"]
+    if not tries:
+        return
+    cells = [
+        [
+            _cell(t["attempt"]),
+            _cell(_when(t["started_at"], 23)),
+            _cell(t["duration_ms"]),
+            _cell(t["http_status"]),
+            _cell("yes" if t["counted"] else "probe"),
+            _cell(t["error"] or ""),
+        ]
+        for t in tries
+    ]
+    names = ("#", "started_at", "ms", "http", "counted", "error")
+    console.print(
+        _one_line_table(
+            console,
+            names,
+            cells,
+            flexible=("error",),
+            drop_first=("counted", "ms"),
+            title=f"webhook tries ({len(tries)})",
+        )
+    )
+
+
+def events_table(payloads: list[dict[str, Any]]) -> None:
+    """`events list`: one line per event, oldest first."""
+    cells = [
+        [
+            _cell(p["id"]),
+            _cell(_when(p["timestamp"])),
+            _cell(p["data"].get("job_id")),
+            _cell(p["data"].get("order_uuid")),
+            _status_cell(str(p["data"].get("status"))),
+            _cell(p["data"].get("source")),
+            _cell(p["data"].get("attempts")),
+            _cell((p["data"].get("last_message") or "")[:80]),
+        ]
+        for p in payloads
+    ]
+    names = ("id", "timestamp", "job", "order_uuid", "status", "source", "attempts", "last_message")
+    console = _console()
+    console.print(
+        _one_line_table(
+            console,
+            names,
+            cells,
+            flexible=("source", "last_message"),
+            drop_first=("source", "attempts", "timestamp", "last_message"),
+        )
+    )
+    if not payloads:
+        console.print("no events", style="dim")
 
 
 def retry_candidates_table(result: "RetryResult") -> None:
@@ -296,6 +373,17 @@ def stats_table(stats: dict[str, Any], console: Console | None = None) -> None:
     )
     age = stats["oldest_queued_age_seconds"]
     table.add_row("oldest queued", "-" if age is None else f"{age:.0f} s")
+    events = stats["events"]
+    table.add_row(
+        "events",
+        f"{events['total']} ({events['waiting']} waiting, {events['delivered']} delivered, "
+        f"{events['failed']} failed)",
+    )
+    latency_s = stats["delivery_latency_seconds"]
+    table.add_row(
+        "delivery latency",
+        ", ".join(f"{k} {'-' if v is None else f'{v:.1f} s'}" for k, v in latency_s.items()),
+    )
     console.print(table)
 
 

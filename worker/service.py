@@ -18,6 +18,8 @@ from fpcancel.settings import Settings
 from fpcancel.statuses import PauseReason
 
 log = logging.getLogger("fpcancel.worker")
+# Webhook delivery threads beside the task threads (they never share one).
+WEBHOOK_THREADS = 4
 
 
 def worker_argv(concurrency: int, loglevel: str, name: str) -> list[str]:
@@ -79,7 +81,9 @@ def run_worker(
         from fpcancel import metrics
 
         metrics.serve(metrics_port, metrics_host)
-    runtime = runtime or build_runtime(settings, concurrency=concurrency, with_client=True)
+    runtime = runtime or build_runtime(
+        settings, concurrency=concurrency + WEBHOOK_THREADS, with_client=True
+    )
     preflight(runtime)
     install(runtime)
     member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -89,12 +93,17 @@ def run_worker(
 
     def on_ready(**_: Any) -> None:
         scheduler.start()
+        if settings.webhook_url is not None:
+            from fpcancel.deliverer import Deliverer
+
+            Deliverer(settings, runtime.sessions, runtime.stop, threads=WEBHOOK_THREADS).start()
         log.info(
-            "worker %s ready: %d threads, rate limit %s, provider %s",
+            "worker %s ready: %d threads, rate limit %s, provider %s, webhook %s",
             member,
             concurrency,
             settings.rate_limit,
             settings.base_url,
+            settings.webhook_url or "none (events wait for `fpcancel events list`)",
         )
 
     def on_shutdown(**_: Any) -> None:

@@ -77,6 +77,12 @@ class Settings:
     scheduler_interval_seconds: float = 1.0
     dispatch_lease_seconds: float = 60.0
     max_lost_claims: int = 3
+    # Outcome events pushed to the shop (SPEC.md, "Outcome events").
+    webhook_url: str | None = None
+    webhook_secret: Secret | None = field(default=None, repr=False)
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_max_attempts: int = 12
     # `fpcancel serve` signs its dashboard session cookies with this; unset, each process makes
     # a random one at start (sessions end when it restarts; README.md, "HTTP service").
     web_secret: Secret | None = field(default=None, repr=False)
@@ -111,12 +117,30 @@ class Settings:
     @property
     def redactor(self) -> Redactor:
         """Blanks every secret setting out of a text (`fpcancel.redaction`)."""
-        return Redactor(
-            [
-                self.token.reveal() if self.token else None,
-                self.web_secret.reveal() if self.web_secret else None,
-            ]
-        )
+        secrets = [self.token.reveal() if self.token else None]
+        if self.web_secret is not None:
+            secrets.append(self.web_secret.reveal())
+        if self.webhook_secret is not None:
+            whole = self.webhook_secret.reveal()
+            secrets += [whole, whole.removeprefix("whsec_")]
+        return Redactor(secrets)
+
+    @property
+    def webhook_key(self) -> bytes | None:
+        """The HMAC key webhooks are signed with, when a webhook is configured."""
+        if self.webhook_url is None or self.webhook_secret is None:
+            return None
+        from fpcancel.webhooks import secret_key
+
+        return secret_key(self.webhook_secret.reveal())
+
+    def check_webhook(self) -> None:
+        """A webhook URL needs its secret (SPEC.md: required with the URL)."""
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise SettingsError(
+                "FPCANCEL_WEBHOOK_SECRET: not set; FPCANCEL_WEBHOOK_URL needs it to sign "
+                "every event (whsec_ followed by base64)"
+            )
 
     def check_provider(self) -> None:
         """Refuse to call the provider without a token or over plain http to a remote host."""
@@ -237,6 +261,23 @@ def check_web_secret(raw: str, name: str = "FPCANCEL_WEB_SECRET") -> Secret | No
             "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return secret
+
+
+def check_webhook_secret(raw: str, name: str = "FPCANCEL_WEBHOOK_SECRET") -> Secret:
+    """`whsec_<base64>`, as the Standard Webhooks specification writes a secret; never quoted."""
+    from fpcancel.webhooks import secret_key
+
+    try:
+        secret_key(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    return Secret(raw)
+
+
+def check_webhook_url(raw: str, name: str = "FPCANCEL_WEBHOOK_URL") -> str:
+    """Where outcome events are POSTed: the provider URL's rules (https, or plain http only to
+    loopback; no credentials, query or fragment)."""
+    return check_base_url(raw, name)
 
 
 SUPPORTED_DATABASES = ("postgresql", "sqlite")
@@ -386,6 +427,19 @@ VARIABLES = (
         "FPCANCEL_DISPATCH_LEASE_SECONDS", "dispatch_lease_seconds", _seconds(0.1, DAY_SECONDS)
     ),
     Variable("FPCANCEL_MAX_LOST_CLAIMS", "max_lost_claims", _count(1, 100)),
+    Variable("FPCANCEL_WEBHOOK_URL", "webhook_url", check_webhook_url),
+    Variable("FPCANCEL_WEBHOOK_SECRET", "webhook_secret", check_webhook_secret),
+    Variable(
+        "FPCANCEL_WEBHOOK_RETRY_BASE_SECONDS",
+        "webhook_retry_base_seconds",
+        _seconds(0, DAY_SECONDS),
+    ),
+    Variable(
+        "FPCANCEL_WEBHOOK_RETRY_MAX_SECONDS",
+        "webhook_retry_max_seconds",
+        _seconds(0, 7 * DAY_SECONDS),
+    ),
+    Variable("FPCANCEL_WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts", _count(1, 1000)),
     Variable("FPCANCEL_WEB_SECRET", "web_secret", check_web_secret),
 )
 
@@ -400,9 +454,16 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         if raw:
             values[variable.field] = variable.parse(raw, variable.name)
     settings = Settings(**values)
-    if settings.retry_max_seconds < settings.retry_base_seconds:
-        raise SettingsError(
-            f"FPCANCEL_RETRY_MAX_SECONDS: {settings.retry_max_seconds:g} is below "
-            f"FPCANCEL_RETRY_BASE_SECONDS ({settings.retry_base_seconds:g})"
-        )
+    for base, cap in (
+        ("FPCANCEL_RETRY_BASE_SECONDS", "FPCANCEL_RETRY_MAX_SECONDS"),
+        ("FPCANCEL_WEBHOOK_RETRY_BASE_SECONDS", "FPCANCEL_WEBHOOK_RETRY_MAX_SECONDS"),
+    ):
+        low = getattr(settings, _field_of(base))
+        high = getattr(settings, _field_of(cap))
+        if high < low:
+            raise SettingsError(f"{cap}: {high:g} is below {base} ({low:g})")
     return settings
+
+
+def _field_of(name: str) -> str:
+    return next(variable.field for variable in VARIABLES if variable.name == name)

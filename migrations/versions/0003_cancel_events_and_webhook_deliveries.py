@@ -76,6 +76,7 @@ def upgrade() -> None:
         sa.Column("duration_ms", sa.Integer(), nullable=False),
         sa.Column("http_status", sa.Integer(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("counted", sa.Boolean(), server_default=sa.text("true"), nullable=False),
         sa.ForeignKeyConstraint(["event_id"], ["cancel_events.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )

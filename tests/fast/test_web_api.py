@@ -63,19 +63,29 @@ def jobs_in_table(sessions: sessionmaker[Session]) -> int:
 
 
 def is_error_shape(body: Any) -> bool:
-    return isinstance(body, dict) and isinstance(body.get("error"), str) and isinstance(body.get("details"), list)
+    return (
+        isinstance(body, dict)
+        and isinstance(body.get("error"), str)
+        and isinstance(body.get("details"), list)
+    )
 
 
 ORDER = {"order_uuid": "ODR123456789", "note": "Customer asked to cancel", "source": "php-shop"}
 
 
-def test_a_new_order_is_201_and_the_same_order_again_is_200_with_the_same_job(client: TestClient, keys: dict[str, str]) -> None:
+def test_a_new_order_is_201_and_the_same_order_again_is_200_with_the_same_job(
+    client: TestClient, keys: dict[str, str]
+) -> None:
     """Dedup: the second POST of an active order returns the existing job, not a new one."""
     first = client.post("/v1/cancellations", json=ORDER, headers=bearer(keys["enqueue"]))
     assert first.status_code == 201, first.text
     job = first.json()
     assert (job["order_uuid"], job["status"], job["lane"], job["source"], job["created"]) == (
-        "ODR123456789", "queued", "live", "php-shop", True
+        "ODR123456789",
+        "queued",
+        "live",
+        "php-shop",
+        True,
     )
     assert {"id", "note", "attempts", "created_at", "finished_at"} <= job.keys()
     again = client.post("/v1/cancellations", json=ORDER, headers=bearer(keys["enqueue"]))
@@ -83,7 +93,9 @@ def test_a_new_order_is_201_and_the_same_order_again_is_200_with_the_same_job(cl
     assert again.json()["id"] == job["id"] and again.json()["created"] is False
 
 
-def test_bad_fields_are_422_naming_every_one_and_nothing_is_written(client: TestClient, keys: dict[str, str], sessions: Any) -> None:
+def test_bad_fields_are_422_naming_every_one_and_nothing_is_written(
+    client: TestClient, keys: dict[str, str], sessions: Any
+) -> None:
     """A bad order id, an empty note and an unknown lane in one request: all three named."""
     answer = client.post(
         "/v1/cancellations",
@@ -108,7 +120,9 @@ def test_bad_fields_are_422_naming_every_one_and_nothing_is_written(client: Test
         ([1, 2], "body"),
     ],
 )
-def test_each_kind_of_bad_body_names_its_field(client: TestClient, keys: dict[str, str], payload: Any, field: str) -> None:
+def test_each_kind_of_bad_body_names_its_field(
+    client: TestClient, keys: dict[str, str], payload: Any, field: str
+) -> None:
     """Missing, wrongly typed, unknown, too long: 422 with the field named in our shape."""
     answer = client.post("/v1/cancellations", json=payload, headers=bearer(keys["enqueue"]))
     assert answer.status_code == 422
@@ -135,7 +149,9 @@ def test_a_body_that_is_not_json_is_422(client: TestClient, keys: dict[str, str]
         ({"Authorization": "Bearer not-even-a-key"}, "unknown or revoked"),
     ],
 )
-def test_no_key_or_an_unknown_key_is_401(client: TestClient, headers: dict[str, str], reason: str) -> None:
+def test_no_key_or_an_unknown_key_is_401(
+    client: TestClient, headers: dict[str, str], reason: str
+) -> None:
     answer = client.get("/v1/jobs", headers=headers)
     assert answer.status_code == 401
     assert reason in answer.json()["error"]
@@ -164,7 +180,13 @@ def test_a_revoked_key_is_401(client: TestClient, keys: dict[str, str], sessions
     ],
 )
 def test_a_key_without_the_scope_is_403_and_changes_nothing(
-    client: TestClient, keys: dict[str, str], sessions: Any, scope: str, method: str, path: str, body: Any
+    client: TestClient,
+    keys: dict[str, str],
+    sessions: Any,
+    scope: str,
+    method: str,
+    path: str,
+    body: Any,
 ) -> None:
     """enqueue cannot read, read cannot enqueue, neither can retry."""
     add_job(sessions, "ODR900", "dead")
@@ -182,7 +204,9 @@ def test_an_ops_key_may_do_everything(client: TestClient, keys: dict[str, str]) 
     assert client.get("/v1/stats", headers=ops).status_code == 200
 
 
-def test_the_csv_bulk_is_all_or_nothing_and_names_the_bad_lines(client: TestClient, keys: dict[str, str], sessions: Any) -> None:
+def test_the_csv_bulk_is_all_or_nothing_and_names_the_bad_lines(
+    client: TestClient, keys: dict[str, str], sessions: Any
+) -> None:
     """Line 3 has a bad id, line 5 no note: 422 naming both, no job; fixed, all are created."""
     bad = "order_uuid,note\nODR1,Out of stock\nODR 2,Out of stock\nODR3,\nODR4,\n"
     answer = client.post(
@@ -205,10 +229,14 @@ def test_the_csv_bulk_is_all_or_nothing_and_names_the_bad_lines(client: TestClie
     assert good.status_code == 200, good.text
     assert good.json() == {"created": 4, "already_active": 0, "invalid": 0, "duplicates": 0}
     with sessions() as s:
-        assert set(s.execute(select(CancelJob.source, CancelJob.lane)).all()) == {("stockout", "bulk")}
+        assert set(s.execute(select(CancelJob.source, CancelJob.lane)).all()) == {
+            ("stockout", "bulk")
+        }
 
 
-def test_the_json_bulk_is_all_or_nothing_and_counts_active_orders(client: TestClient, keys: dict[str, str], sessions: Any) -> None:
+def test_the_json_bulk_is_all_or_nothing_and_counts_active_orders(
+    client: TestClient, keys: dict[str, str], sessions: Any
+) -> None:
     headers = bearer(keys["enqueue"])
     rows = [{"order_uuid": "ODR1", "note": "n"}, {"order_uuid": "ODR2", "note": ""}, "ODR3"]
     answer = client.post("/v1/cancellations/bulk", json={"rows": rows}, headers=headers)
@@ -218,7 +246,11 @@ def test_the_json_bulk_is_all_or_nothing_and_counts_active_orders(client: TestCl
     add_job(sessions, "ODR1", "queued")
     ok = client.post(
         "/v1/cancellations/bulk",
-        json={"rows": rows[:1] + [{"order_uuid": "ODR2", "note": "n"}], "source": "s1", "lane": "live"},
+        json={
+            "rows": [*rows[:1], {"order_uuid": "ODR2", "note": "n"}],
+            "source": "s1",
+            "lane": "live",
+        },
         headers=headers,
     )
     assert ok.status_code == 200, ok.text
@@ -227,16 +259,26 @@ def test_the_json_bulk_is_all_or_nothing_and_counts_active_orders(client: TestCl
 
 @pytest.mark.parametrize(
     "body, field",
-    [({"rows": "ODR1"}, "rows"), ({"rows": [], "lane": "x"}, "lane"), ({"rows": [], "colour": 1}, "colour")],
+    [
+        ({"rows": "ODR1"}, "rows"),
+        ({"rows": [], "lane": "x"}, "lane"),
+        ({"rows": [], "colour": 1}, "colour"),
+    ],
 )
-def test_a_bad_json_bulk_envelope_is_422_naming_the_field(client: TestClient, keys: dict[str, str], body: Any, field: str) -> None:
+def test_a_bad_json_bulk_envelope_is_422_naming_the_field(
+    client: TestClient, keys: dict[str, str], body: Any, field: str
+) -> None:
     answer = client.post("/v1/cancellations/bulk", json=body, headers=bearer(keys["enqueue"]))
     assert answer.status_code == 422
     assert field in [d["field"] for d in answer.json()["details"]]
 
 
 def test_a_bulk_in_another_content_type_is_415(client: TestClient, keys: dict[str, str]) -> None:
-    answer = client.post("/v1/cancellations/bulk", content=b"x", headers={**bearer(keys["enqueue"]), "Content-Type": "text/plain"})
+    answer = client.post(
+        "/v1/cancellations/bulk",
+        content=b"x",
+        headers={**bearer(keys["enqueue"]), "Content-Type": "text/plain"},
+    )
     assert answer.status_code == 415 and is_error_shape(answer.json())
 
 
@@ -273,8 +315,12 @@ def test_unknown_paths_and_methods_answer_json(client: TestClient) -> None:
     assert "POST" in wrong.headers["allow"]
 
 
-@pytest.mark.parametrize("job_id", ["abc", "0", "-1", "9223372036854775808", "99999999999999999999999", "１"])
-def test_a_job_id_that_is_no_bigint_is_422_not_500(client: TestClient, keys: dict[str, str], job_id: str) -> None:
+@pytest.mark.parametrize(
+    "job_id", ["abc", "0", "-1", "9223372036854775808", "99999999999999999999999", "１"]
+)
+def test_a_job_id_that_is_no_bigint_is_422_not_500(
+    client: TestClient, keys: dict[str, str], job_id: str
+) -> None:
     for method, path in (("GET", f"/v1/jobs/{job_id}"), ("POST", f"/v1/jobs/{job_id}/retry")):
         answer = client.request(method, path, headers=bearer(keys["ops"]))
         assert answer.status_code == 422, (path, answer.text)
@@ -293,7 +339,9 @@ def test_a_job_reads_as_jobs_show(client: TestClient, keys: dict[str, str], sess
     assert answer.json()["status"] == "dead" and answer.json()["calls"] == []
 
 
-def test_retry_sends_a_dead_job_round_again_and_refuses_the_rest(client: TestClient, keys: dict[str, str], sessions: Any) -> None:
+def test_retry_sends_a_dead_job_round_again_and_refuses_the_rest(
+    client: TestClient, keys: dict[str, str], sessions: Any
+) -> None:
     """dead → 200 queued; again → 409 (queued now); unknown → 404."""
     job_id = add_job(sessions, "ODR55", "dead")
     ops = bearer(keys["ops"])
@@ -305,16 +353,22 @@ def test_retry_sends_a_dead_job_round_again_and_refuses_the_rest(client: TestCli
     assert client.post("/v1/jobs/424242/retry", headers=ops).status_code == 404
 
 
-def test_retry_of_a_job_whose_order_is_active_elsewhere_is_409(client: TestClient, keys: dict[str, str], sessions: Any) -> None:
+def test_retry_of_a_job_whose_order_is_active_elsewhere_is_409(
+    client: TestClient, keys: dict[str, str], sessions: Any
+) -> None:
     dead = add_job(sessions, "ODR56", "dead")
     add_job(sessions, "ODR56", "queued")
     answer = client.post(f"/v1/jobs/{dead}/retry", headers=bearer(keys["ops"]))
     assert answer.status_code == 409 and "already has job" in answer.json()["error"]
 
 
-def test_jobs_filter_and_page_by_key(client: TestClient, keys: dict[str, str], sessions: Any) -> None:
+def test_jobs_filter_and_page_by_key(
+    client: TestClient, keys: dict[str, str], sessions: Any
+) -> None:
     """status and source filter as `jobs list`; a full page links to the next by `before`."""
-    ids = [add_job(sessions, f"ODR{i}", "dead" if i % 2 else "succeeded", source="a") for i in range(7)]
+    ids = [
+        add_job(sessions, f"ODR{i}", "dead" if i % 2 else "succeeded", source="a") for i in range(7)
+    ]
     read = bearer(keys["read"])
     first = client.get("/v1/jobs?status=dead&source=a&limit=2", headers=read)
     assert [j["id"] for j in first.json()] == [ids[5], ids[3]]
@@ -328,9 +382,18 @@ def test_jobs_filter_and_page_by_key(client: TestClient, keys: dict[str, str], s
 
 @pytest.mark.parametrize(
     "query, field",
-    [("status=nope", "status"), ("order=ODR%201", "order"), ("limit=0", "limit"), ("limit=5000", "limit"), ("since=yesterday", "since"), ("before=abc", "before")],
+    [
+        ("status=nope", "status"),
+        ("order=ODR%201", "order"),
+        ("limit=0", "limit"),
+        ("limit=5000", "limit"),
+        ("since=yesterday", "since"),
+        ("before=abc", "before"),
+    ],
 )
-def test_bad_job_filters_are_422_naming_them(client: TestClient, keys: dict[str, str], query: str, field: str) -> None:
+def test_bad_job_filters_are_422_naming_them(
+    client: TestClient, keys: dict[str, str], query: str, field: str
+) -> None:
     answer = client.get(f"/v1/jobs?{query}", headers=bearer(keys["read"]))
     assert answer.status_code == 422
     assert field in [d["field"] for d in answer.json()["details"]]
@@ -343,7 +406,10 @@ def test_stats_are_the_cli_object(client: TestClient, keys: dict[str, str], sess
 
 
 def test_an_unexpected_failure_is_500_json_and_logged(
-    client: TestClient, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    client: TestClient,
+    keys: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from fpcancel.web import api
 
@@ -358,7 +424,9 @@ def test_an_unexpected_failure_is_500_json_and_logged(
     assert "boom" in caplog.text
 
 
-def test_healthz_needs_no_key_and_says_503_when_the_broker_is_away(client: TestClient, services: WebServices) -> None:
+def test_healthz_needs_no_key_and_says_503_when_the_broker_is_away(
+    client: TestClient, services: WebServices
+) -> None:
     ok = client.get("/healthz")
     assert ok.status_code == 200 and ok.json()["status"] == "ok"
     services.broker_ok = lambda: False
@@ -367,19 +435,34 @@ def test_healthz_needs_no_key_and_says_503_when_the_broker_is_away(client: TestC
     assert down.json()["broker"] == "unreachable" and is_error_shape(down.json())
 
 
-def test_healthz_says_503_when_the_database_is_away(client: TestClient, services: WebServices, tmp_path: Path) -> None:
-    services.sessions = make_session_factory(make_engine(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"))
+def test_healthz_says_503_when_the_database_is_away(
+    client: TestClient, services: WebServices, tmp_path: Path
+) -> None:
+    services.sessions = make_session_factory(
+        make_engine(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    )
     answer = client.get("/healthz")
     assert answer.status_code == 503 and answer.json()["database"] == "unreachable"
 
 
 def test_openapi_describes_every_route_and_the_bearer_scheme(client: TestClient) -> None:
     doc = client.get("/openapi.json").json()
-    assert {"/v1/cancellations", "/v1/cancellations/bulk", "/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/retry", "/v1/stats", "/v1/events", "/healthz"} <= set(doc["paths"])
+    assert {
+        "/v1/cancellations",
+        "/v1/cancellations/bulk",
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/retry",
+        "/v1/stats",
+        "/v1/events",
+        "/healthz",
+    } <= set(doc["paths"])
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert doc["paths"]["/v1/jobs"]["get"]["security"] == [{"bearer": []}]
     assert "text/csv" in doc["paths"]["/v1/cancellations/bulk"]["post"]["requestBody"]["content"]
-    assert not any(p == "/" or p.startswith("/jobs") for p in doc["paths"])  # the dashboard is not API
+    assert not any(
+        p == "/" or p.startswith("/jobs") for p in doc["paths"]
+    )  # the dashboard is not API
 
 
 def test_keys_are_stored_only_as_a_hash(keys: dict[str, str], sessions: Any) -> None:
@@ -392,12 +475,16 @@ def test_keys_are_stored_only_as_a_hash(keys: dict[str, str], sessions: Any) -> 
         assert hashlib.sha256(key.encode()).hexdigest() in dump
 
 
-def test_each_request_logs_the_key_name_never_the_key(client: TestClient, keys: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+def test_each_request_logs_the_key_name_never_the_key(
+    client: TestClient, keys: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.INFO, "fpcancel.web"):
         client.post("/v1/cancellations", json=ORDER, headers=bearer(keys["enqueue"]))
         client.get("/v1/jobs", headers=bearer(keys["enqueue"]))
     lines = [r.getMessage() for r in caplog.records if r.name == "fpcancel.web"]
-    assert any("POST /v1/cancellations 201" in line and "key=enqueue-client" in line for line in lines)
+    assert any(
+        "POST /v1/cancellations 201" in line and "key=enqueue-client" in line for line in lines
+    )
     assert any("GET /v1/jobs 403" in line and "key=enqueue-client" in line for line in lines)
     assert keys["enqueue"] not in caplog.text and keys["enqueue"][4:12] not in caplog.text
 

@@ -17,7 +17,7 @@ import sys
 import click
 
 from fpcancel import __version__
-from fpcancel.cli import db, demo, enqueue, jobs, keys, sandbox, serve, stats, worker
+from fpcancel.cli import db, demo, enqueue, events, jobs, keys, sandbox, serve, stats, worker
 from fpcancel.cli.context import CliContext, FpcancelGroup, settings_help
 
 
@@ -38,7 +38,7 @@ def main(ctx: click.Context) -> None:
     ctx.obj = CliContext(ctx)
 
 
-for module in (db, enqueue, worker, jobs, stats, demo, sandbox, keys, serve):
+for module in (db, enqueue, worker, jobs, events, stats, demo, sandbox, keys, serve):
     for command in module.COMMANDS:
         main.add_command(command)
 

@@ -19,7 +19,9 @@ def stats(cli: CliContext, since: str | None, as_json: bool) -> None:
     --json prints one object: since, jobs_total, jobs {status: n}, jobs_by_source {source: n},
     calls {total, cancel, status_check, cancel_per_job}, success_rate (succeeded / terminal
     jobs, null when none finished), latency_ms {p50, p95, p99} of provider calls,
-    rate_limit {provider_429s, calls_that_waited, wait_seconds}, oldest_queued_age_seconds (how
+    rate_limit {provider_429s, calls_that_waited, wait_seconds}, events {total, waiting,
+    delivered, failed} (outcome events by webhook delivery state), delivery_latency_seconds
+    {p50, p90, p99} (from a job's end to the webhook's 2xx), oldest_queued_age_seconds (how
     long the longest-waiting queued job has been due; null when none is queued).
     """
     from fpcancel.models.db import utcnow

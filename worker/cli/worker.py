@@ -59,6 +59,7 @@ def worker(
 
     current = cli.settings
     current.check_provider()
+    current.check_webhook()
     run_worker(
         current,
         concurrency=concurrency,

@@ -81,6 +81,11 @@ Its parts, one concern each:
     state.py        the provider itself: orders, scripts, the call log, configuration
     server.py       the HTTP server and `SandboxServer`
     control.py      the /_sandbox/ control endpoints and `SandboxControl`, their client
+    receiver.py     the shop's side: a webhook receiver that checks signatures
+
+Webhooks: ``POST /_sandbox/webhook`` receives fpcancel's outcome events (point
+FPCANCEL_WEBHOOK_URL at it), checks each signature against the secret set with
+``PUT /_sandbox/receiver {"secret": "whsec_..."}`` and keeps them for ``GET /_sandbox/webhooks``.
 """
 
 from fpcancel.sandbox.control import SandboxControl

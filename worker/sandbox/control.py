@@ -13,6 +13,7 @@ from fpcancel.sandbox.bodies import JSON, Reply, json_bytes
 from fpcancel.sandbox.state import API_PREFIX, OrderScript, SandboxState, order_from_json
 
 CONTROL_PREFIX: Final = "/_sandbox"
+WEBHOOK_PATH: Final = CONTROL_PREFIX + "/webhook"
 
 
 def control_call(state: SandboxState, method: str, path: str, query: str, raw: bytes) -> Reply:
@@ -55,6 +56,20 @@ def control_call(state: SandboxState, method: str, path: str, query: str, raw: b
             if method == "POST":
                 state.load_scenario(_control_json(raw))
                 return _control_answer(200, {"ok": True})
+        elif route == "receiver" and len(parts) == 1:
+            allowed = ("PUT",)
+            if method == "PUT":
+                config = _control_json(raw)
+                if not isinstance(config, dict):
+                    raise ValueError("receiver config must be a JSON object")
+                state.receiver.configure(config)
+                return _control_answer(200, {"ok": True})
+        elif route == "webhooks" and len(parts) == 1:
+            allowed = ("GET", "DELETE")
+            if method == "GET":
+                return _control_answer(200, {"received": state.receiver.received()})
+            if method == "DELETE":
+                return _control_answer(200, {"cleared": state.receiver.clear()})
         elif route == "stats" and len(parts) == 1:
             allowed = ("GET",)
             if method == "GET":
@@ -154,6 +169,23 @@ class SandboxControl:
     def load_scenario(self, data: dict[str, Any]) -> None:
         """Replace all orders and apply the scenario's config."""
         self._request("POST", "/scenario", data)
+
+    @property
+    def webhook_url(self) -> str:
+        """Where to point FPCANCEL_WEBHOOK_URL to have this sandbox receive the events."""
+        return self.root_url + WEBHOOK_PATH
+
+    def configure_receiver(self, **config: Any) -> None:
+        """The webhook receiver's `secret`, `fail_next`, `status`, `delay_seconds`."""
+        self._request("PUT", "/receiver", config)
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The deliveries received, oldest first."""
+        received: list[dict[str, Any]] = self._request("GET", "/webhooks")["received"]
+        return received
+
+    def clear_webhooks(self) -> None:
+        self._request("DELETE", "/webhooks")
 
     def stats(self) -> dict[str, Any]:
         """Call and order counts and the rate accounting, as ``SandboxServer.stats``."""

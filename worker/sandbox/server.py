@@ -21,7 +21,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from fpcancel.sandbox.bodies import MAX_BODY_BYTES, SERVER_HEADER, Reply, json_bytes
-from fpcancel.sandbox.control import CONTROL_PREFIX, control_call
+from fpcancel.sandbox.control import CONTROL_PREFIX, WEBHOOK_PATH, control_call
 from fpcancel.sandbox.state import (
     API_PREFIX,
     CANCEL_PREFIX,
@@ -102,7 +102,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         split = urllib.parse.urlsplit(self.path)
         try:
-            if split.path == CONTROL_PREFIX or split.path.startswith(CONTROL_PREFIX + "/"):
+            if split.path == WEBHOOK_PATH and self.command == "POST":
+                answer = self.server.state.receiver.receive(dict(self.headers.items()), raw)
+            elif split.path == CONTROL_PREFIX or split.path.startswith(CONTROL_PREFIX + "/"):
                 answer = control_call(self.server.state, self.command, split.path, split.query, raw)
             else:
                 answer = self.server.state.provider_call(
@@ -368,6 +370,19 @@ class SandboxServer:
         "rate_limit": "20/2", "rate_mode": "laravel"}``.
         """
         self._state.load_scenario(data)
+
+    @property
+    def webhook_url(self) -> str:
+        """Where to point FPCANCEL_WEBHOOK_URL to have this sandbox receive the events."""
+        return self.root_url + WEBHOOK_PATH
+
+    def configure_receiver(self, **config: Any) -> None:
+        """The webhook receiver's `secret`, `fail_next`, `status`, `delay_seconds`."""
+        self._state.receiver.configure(config)
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The deliveries received, oldest first, each with whether its signature checked out."""
+        return self._state.receiver.received()
 
     def stats(self) -> dict[str, Any]:
         """``{"calls": n, "by_status": {"202": n, ...}, "orders": {status: count}, "rate": {...}}``.

@@ -40,6 +40,7 @@ from fpcancel.sandbox.ratewindows import (
     make_limiter,
     max_calls_in_window,
 )
+from fpcancel.sandbox.receiver import WebhookReceiver
 from fpcancel.sandbox.steps import REAL_STEP, Step, check_script, parse_step
 
 API_PREFIX: Final = "/api/v1"
@@ -148,6 +149,7 @@ class SandboxState:
         self.rate_limit: tuple[int, float] | None = None
         self.rate_mode = "laravel"
         self.limiter: Limiter | None = None
+        self.receiver = WebhookReceiver()  # the shop's side: webhooks fpcancel delivers
         self.answer_delay_seconds = 0.0
         self.unknown_orders = "open"
         self.max_note_length = 1000

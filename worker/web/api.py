@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from fpcancel import ops
+from fpcancel import events, ops
 from fpcancel.bulk import BulkInputError, BulkResult, check_csv, validate_rows
 from fpcancel.errors import JobStateError, ValidationError
 from fpcancel.queries import get_job, job_dict, job_with_calls, list_jobs
@@ -450,6 +450,26 @@ def retry_job(id: str, request: Request, key: Operator) -> JSONResponse:
         raise JobStateError(f"job {job_id}: {reason}")
     with services.sessions() as session:
         return JSONResponse(job_dict(get_job(session, job_id)))
+
+
+@router.get(
+    "/events",
+    responses={
+        200: {"description": "event payloads, oldest first (`events list --json`)"},
+        **ERRORS,
+    },
+    summary="Outcome events after an id, oldest first (the webhook's payloads)",
+)
+def get_events(
+    request: Request,
+    key: Reader,
+    after: Annotated[
+        int, Query(ge=0, le=BIGINT_MAX, description="the last event id you handled")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=events.MAX_LIMIT)] = events.DEFAULT_LIMIT,
+) -> JSONResponse:
+    with services_of(request).sessions() as session:
+        return JSONResponse(events.read_events(session, after, limit))
 
 
 @router.get("/stats", summary="What `fpcancel stats --json` prints", responses=ERRORS)

@@ -85,7 +85,7 @@ def _document_auth(app: FastAPI) -> None:
             schema = original()
             components = schema.setdefault("components", {})
             components.setdefault("securitySchemes", {})["bearer"] = scheme.model.model_dump(
-                by_alias=True, exclude_none=True
+                mode="json", by_alias=True, exclude_none=True
             )
             for path, operations in schema.get("paths", {}).items():
                 if path.startswith("/v1/"):

@@ -377,8 +377,7 @@ def _job_page(
 ) -> HTMLResponse:
     with services_of(request).sessions() as session:
         job = job_with_calls(session, job_id)
-        events = pages.job_events(session, job_id)
-    return render(request, "job.html", user, status=status, job=job, events=events, **extra)
+    return render(request, "job.html", user, status=status, job=job, events=job["events"], **extra)
 
 
 @router.get("/jobs/{id}")

@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fpcancel.errors import BadInput, JobStateError, ValidationError
 from fpcancel.models.tables import ApiKey
-from fpcancel.queries import iso
 from fpcancel.statuses import API_SCOPES, ApiScope
+from fpcancel.times import iso
 
 KEY_START = "fpk_"
 PREFIX_CHARS = 12  # "fpk_" and 8 characters: enough to find the row, far too few to guess it

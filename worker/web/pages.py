@@ -164,48 +164,10 @@ def since_hours(now: datetime, hours: int) -> datetime:
     return now - timedelta(hours=hours)
 
 
-# -- events and webhook deliveries ------------------------------------------------------------
-# Read straight from the tables until `fpcancel.events` (issue 13) offers these reads.
-
-
-def job_events(session: Session, job_id: int) -> list[dict[str, Any]]:
-    """The job's outcome events, oldest first, each with its webhook delivery tries."""
-    from fpcancel.models.tables import CancelEvent, WebhookDelivery
-    from fpcancel.queries import iso
-
-    events = session.scalars(
-        select(CancelEvent).where(CancelEvent.job_id == job_id).order_by(CancelEvent.id)
-    ).all()
-    tries: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    if events:
-        for row in session.scalars(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.event_id.in_([e.id for e in events]))
-            .order_by(WebhookDelivery.event_id, WebhookDelivery.attempt)
-        ):
-            tries[row.event_id].append(
-                {
-                    "attempt": row.attempt,
-                    "started_at": iso(row.started_at),
-                    "duration_ms": row.duration_ms,
-                    "http_status": row.http_status,
-                    "error": row.error,
-                }
-            )
-    return [
-        {
-            "id": e.id,
-            "type": e.type,
-            "created_at": iso(e.created_at),
-            "payload": e.payload,
-            "delivery": e.delivery,
-            "delivery_attempts": e.delivery_attempts,
-            "next_delivery_at": iso(e.next_delivery_at),
-            "delivered_at": iso(e.delivered_at),
-            "deliveries": tries.get(e.id, []),
-        }
-        for e in events
-    ]
+# -- events ------------------------------------------------------------------------------------
+# A job's events and their delivery tries come with the job (`fpcancel.queries.job_with_calls`,
+# from `fpcancel.events`). The dashboard's list of events, newest first with where each one's
+# delivery stands, is a view the events module does not offer: it is read here.
 
 
 def recent_events(
@@ -213,7 +175,7 @@ def recent_events(
 ) -> list[dict[str, Any]]:
     """Events newest first, by id: those just older than `before`, or just newer than `after`."""
     from fpcancel.models.tables import CancelEvent
-    from fpcancel.queries import iso
+    from fpcancel.times import iso
 
     stmt = select(CancelEvent)
     if after is not None:
