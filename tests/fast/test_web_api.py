@@ -493,3 +493,29 @@ def test_security_headers_are_on_api_answers_too(client: TestClient) -> None:
     answer = client.get("/healthz")
     assert "default-src 'none'" in answer.headers["content-security-policy"]
     assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_events_are_the_payloads_oldest_first_after_an_id(
+    client: TestClient, keys: dict[str, str], sessions: Any
+) -> None:
+    from fpcancel.models.tables import CancelEvent
+
+    job_id = add_job(sessions, "ODR1", "dead")
+    with sessions.begin() as s:
+        for n in range(3):
+            s.add(
+                CancelEvent(
+                    job_id=job_id,
+                    type="cancel_job.finished",
+                    created_at=utcnow(),
+                    payload={"id": n + 1, "type": "cancel_job.finished"},
+                )
+            )
+    read = bearer(keys["read"])
+    assert [e["id"] for e in client.get("/v1/events", headers=read).json()] == [1, 2, 3]
+    assert [e["id"] for e in client.get("/v1/events?after=1&limit=1", headers=read).json()] == [2]
+    bad = client.get("/v1/events?after=-1&limit=0", headers=read)
+    assert bad.status_code == 422 and {d["field"] for d in bad.json()["details"]} == {
+        "after",
+        "limit",
+    }
