@@ -222,7 +222,7 @@ class RedisLimiter:
             pipe.get(self._pause_prefix + kind)
         for reason in PauseReason:
             pipe.get(self._failures_key + reason.value)
-        seconds, micros, *values = pipe.execute()
+        (seconds, micros), *values = pipe.execute()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         untils, counts = values[: len(kinds)], values[len(kinds) :]
         failing = {r for r, n in zip(PauseReason, counts, strict=True) if int(n or 0) > 0}

@@ -285,3 +285,24 @@ def test_openapi_and_the_dashboards_assets_come_from_fpcancel(
     assert (
         requests.get(server.url + "/docs", timeout=10).status_code == 404
     )  # Swagger would load a CDN
+
+
+def test_the_overview_shows_the_fleets_pause_and_why(
+    server: Any, keys: dict[str, str], broker_url: str
+) -> None:
+    """A setup pause set the way workers set it (the limiter in Redis) shows with its reason."""
+    from redis import Redis
+
+    from fpcancel.ratelimit import RedisLimiter
+    from fpcancel.settings import RateLimit
+    from fpcancel.statuses import PauseReason
+
+    browser = signed_in(server.url, keys["ops"])
+    assert "Running: no pause in force" in browser.get(server.url + "/").text
+    limiter = RedisLimiter(Redis.from_url(broker_url), RateLimit(1000, 1))
+    limiter.note_failure(PauseReason.UNAUTHORIZED)
+    limiter.pause(PauseReason.UNAUTHORIZED, 30)
+    page = browser.get(server.url + "/").text
+    assert "Paused for" in page and "refused the token" in page and "(unauthorized)" in page
+    limiter.pause(PauseReason.RATE_LIMITED, 20)
+    assert "the provider's rate limit (429" in browser.get(server.url + "/").text

@@ -12,7 +12,7 @@ from markupsafe import Markup, escape
 
 WIDTH = 720
 HEIGHT = 180
-LEFT = 44  # room for the y-axis labels
+LEFT = 52  # room for the y-axis labels
 BOTTOM = 22  # room for the x-axis labels
 TOP = 8
 
@@ -28,6 +28,15 @@ def _nice_max(value: float) -> float:
     return float(value)
 
 
+def _axis_number(value: float) -> str:
+    """Short: 2.5, 40, 1,200, 25k, 1.5M."""
+    if value >= 1_000_000:
+        return f"{value / 1_000_000:g}M"
+    if value >= 10_000:
+        return f"{value / 1000:g}k"
+    return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:,.1f}"
+
+
 def _label(epoch: int, fmt: str) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime(fmt)
 
@@ -41,8 +50,7 @@ def _frame(title: str, top: float, body: list[str], x_labels: list[str]) -> Mark
     ]
     for fraction in (0, 0.5, 1):
         y = TOP + plot_h * (1 - fraction)
-        value = top * fraction
-        shown = f"{value:,.0f}" if top >= 10 else f"{value:,.1f}"
+        shown = _axis_number(top * fraction)
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH}" y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(
             f'<text class="axis" x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">{shown}</text>'
@@ -69,7 +77,9 @@ def stacked_bars(
     optional horizontal line (`limit`, e.g. the rate limit)."""
     plot_w, plot_h = WIDTH - LEFT, HEIGHT - BOTTOM - TOP
     totals = [sum(v.get(s, 0) for s in series) for v in values]
-    top = _nice_max(max([*totals, limit or 0, 1]) * 1.05)
+    # A limit far above the data would flatten every bar: then it is named, not drawn.
+    limit_drawn = limit is not None and limit <= 4 * max([*totals, 1])
+    top = _nice_max(max([*totals, limit if limit_drawn and limit else 0, 1]) * 1.05)
     slot = plot_w / max(1, len(starts))
     bar_w = max(1.0, slot * 0.8)
     body: list[str] = []
@@ -93,7 +103,12 @@ def stacked_bars(
                 f'<text class="axis" x="{x + bar_w / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
                 f"{escape(_label(start, label_format))}</text>"
             )
-    if limit is not None:
+    if limit is not None and not limit_drawn:
+        body.append(
+            f'<text class="limit-label" x="{WIDTH - 4}" y="{TOP + 12}" text-anchor="end">'
+            f"{escape(limit_label)}: far above these bars</text>"
+        )
+    elif limit is not None:
         limit_y = TOP + plot_h * (1 - limit / top)
         body.append(
             f'<line class="limit" x1="{LEFT}" x2="{WIDTH}" y1="{limit_y:.1f}" y2="{limit_y:.1f}"/>'
