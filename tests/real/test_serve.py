@@ -3,6 +3,7 @@ PostgreSQL and Redis, with `fpcancel worker` against the sandbox where a job mus
 
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -134,6 +135,7 @@ def test_every_refusal_answers_json_with_its_status(
     listed = json.loads(cli(env, "keys", "list", "--json").stdout)
     read_id = next(k["id"] for k in listed if k["name"] == "read-shop")
     assert cli(env, "keys", "revoke", str(read_id)).returncode == 0
+    time.sleep(1.1)  # a live key is believed for a second (KEY_CACHE_SECONDS)
     revoked = requests.get(url + "/v1/jobs", headers=auth(keys["read"]), timeout=10)
     assert revoked.status_code == 401 and error_shape(revoked)
     assert statuses(sessions) == {}

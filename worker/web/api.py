@@ -13,8 +13,10 @@ from datetime import datetime
 from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
 from starlette.concurrency import run_in_threadpool
 
 from fpcancel import events, ops
@@ -24,7 +26,7 @@ from fpcancel.queries import get_job, job_dict, job_with_calls, list_jobs
 from fpcancel.stats import collect_stats
 from fpcancel.statuses import ApiScope, JobStatus, Lane
 from fpcancel.validation import clean_lane, clean_note, clean_order_uuid, clean_source
-from fpcancel.web.auth import require, services_of
+from fpcancel.web.auth import authorize, require, services_of
 from fpcancel.web.errors import ApiError, bulk_error
 from fpcancel.web.keys import KeyInfo
 from fpcancel.web.middleware import JSON_BULK_MAX_BYTES, too_large
@@ -165,14 +167,34 @@ def _job_answer(data: dict[str, Any], status: int = 200, **extra: Any) -> JSONRe
         200: {"model": JobOut, "description": "the order's existing job"},
         **ERRORS,
     },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": CancellationIn.model_json_schema()}},
+        }
+    },
     summary="Enqueue one cancellation (201 created, 200 the order's active job)",
 )
-def create_cancellation(body: CancellationIn, request: Request, key: Enqueuer) -> JSONResponse:
+async def create_cancellation(request: Request) -> JSONResponse:
+    # The hot path: the key, the body, the job and its read in one trip to the thread pool
+    # (a sync dependency would cost a second), the key checked before the body is judged.
+    raw = await request.body()
     services = services_of(request)
-    job = services.producer.enqueue(body.order_uuid, body.note, body.source, body.lane)
-    with services.sessions() as session:
-        data = job_dict(get_job(session, job.id))
-    return _job_answer(data, 201 if job.created else 200, created=job.created)
+
+    def enqueue() -> JSONResponse:
+        authorize(request, ApiScope.ENQUEUE)
+        try:
+            body = CancellationIn.model_validate_json(raw)
+        except PydanticValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+            ) from None
+        job = services.producer.enqueue(body.order_uuid, body.note, body.source, body.lane)
+        with services.sessions() as session:
+            data = job_dict(get_job(session, job.id))
+        return _job_answer(data, 201 if job.created else 200, created=job.created)
+
+    return await run_in_threadpool(enqueue)
 
 
 # -- bulk ------------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ SIGNIN_COOKIE = "fpcancel_signin"
 SESSION_SECONDS = 12 * 3600
 SIGNIN_SECONDS = 600
 TOUCH_EVERY_SECONDS = 60.0
+# A key found live is believed for this long without asking the database again: a busy shop's
+# requests do not each cost a lookup, and a revoked key is refused within this time.
+KEY_CACHE_SECONDS = 1.0
 CSRF_FIELD = "csrf_token"
 
 
@@ -42,17 +45,33 @@ def services_of(request: Request) -> WebServices:
 
 
 class KeyChecker:
-    """Finds the key a request presents; records `last_used_at` at most once a minute per key,
-    so a busy shop's requests do not each write a row."""
+    """Finds the key a request presents. A live key is remembered (by its hash) for
+    KEY_CACHE_SECONDS; unknown keys are never remembered, so a new key works at once.
+    `last_used_at` is written at most once a minute per key."""
 
-    def __init__(self, services: WebServices) -> None:
+    def __init__(self, services: WebServices, cache_seconds: float = KEY_CACHE_SECONDS) -> None:
         self._services = services
+        self._cache_seconds = cache_seconds
         self._touched: dict[int, float] = {}
+        self._live: dict[str, tuple[KeyInfo, float]] = {}
         self._lock = threading.Lock()
 
     def find(self, presented: str) -> KeyInfo | None:
+        digest = hashlib.sha256(presented.encode()).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            cached = self._live.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         with self._services.sessions() as session:
             info = authenticate(session, presented)
+        with self._lock:
+            if info is None:
+                self._live.pop(digest, None)
+            else:
+                if len(self._live) > 10_000:  # keys come and go; forget the expired ones
+                    self._live = {k: v for k, v in self._live.items() if v[1] > now}
+                self._live[digest] = (info, now + self._cache_seconds)
         if info is not None:
             self._maybe_touch(info.id)
         return info
@@ -67,40 +86,46 @@ class KeyChecker:
             touch(session, key_id, self._services.clock())
 
 
+def authorize(request: Request, needed: ApiScope) -> KeyInfo:
+    """The request's key, which must allow `needed` (401 / 403 otherwise). Blocking: call it
+    from a sync route or a thread."""
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if not header:
+        raise ApiError(
+            401,
+            "no API key: send Authorization: Bearer <key> (fpcancel keys create)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise ApiError(
+            401,
+            "the Authorization header must be Bearer <key>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    checker: KeyChecker = request.app.state.key_checker
+    info = checker.find(presented.strip())
+    if info is None:
+        raise ApiError(
+            401,
+            "unknown or revoked API key",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    request.state.key_name = info.name
+    if not info.allows(needed):
+        raise ApiError(
+            403,
+            f"this key's scope is {info.scope}; this needs {needed.value} (or ops)",
+            [{"field": "scope", "reason": f"needs {needed.value}"}],
+        )
+    return info
+
+
 def require(needed: ApiScope) -> Callable[[Request], KeyInfo]:
     """A route dependency: the request's key, which must allow `needed`."""
 
     def check(request: Request) -> KeyInfo:
-        header = request.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if not header:
-            raise ApiError(
-                401,
-                "no API key: send Authorization: Bearer <key> (fpcancel keys create)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise ApiError(
-                401,
-                "the Authorization header must be Bearer <key>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        checker: KeyChecker = request.app.state.key_checker
-        info = checker.find(presented.strip())
-        if info is None:
-            raise ApiError(
-                401,
-                "unknown or revoked API key",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        request.state.key_name = info.name
-        if not info.allows(needed):
-            raise ApiError(
-                403,
-                f"this key's scope is {info.scope}; this needs {needed.value} (or ops)",
-                [{"field": "scope", "reason": f"needs {needed.value}"}],
-            )
-        return info
+        return authorize(request, needed)
 
     return check
 
