@@ -522,3 +522,23 @@ def test_events_are_the_payloads_oldest_first_after_an_id(
         "after",
         "limit",
     }
+
+
+def test_the_web_secret_is_checked_never_shown_and_redacted(tmp_path: Path) -> None:
+    from fpcancel.errors import SettingsError
+    from fpcancel.settings import load_settings
+
+    with pytest.raises(SettingsError, match="^FPCANCEL_WEB_SECRET: too short") as caught:
+        load_settings(environ={"FPCANCEL_WEB_SECRET": "short-secret"}, dotenv=tmp_path / "none")
+    assert "short-secret" not in str(caught.value)
+    secret = "s3cr3t-" + "x" * 40
+    settings = load_settings(environ={"FPCANCEL_WEB_SECRET": secret}, dotenv=tmp_path / "none")
+    assert secret not in repr(settings) and secret not in str(settings)
+    assert settings.redactor.text(f"cookie signed with {secret}") == "cookie signed with ***"
+
+
+def test_without_a_web_secret_each_process_signs_with_a_random_one() -> None:
+    from fpcancel.web.services import signing_secret
+
+    first, second = signing_secret(Settings()), signing_secret(Settings())
+    assert len(first) == 32 and first != second
