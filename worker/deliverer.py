@@ -40,7 +40,7 @@ from fpcancel.webhooks import (
 )
 
 log = logging.getLogger("fpcancel.webhooks")
-BATCH_EVENTS = 10
+BATCH_EVENTS = 25
 IDLE_SECONDS = 0.2
 RESPONSE_KEEP_BYTES = 1024
 
@@ -199,8 +199,10 @@ class Deliverer:
             )
             try:
                 status = response.status_code
+                # Read (a little of) the body even on a 2xx: a response read to its end gives
+                # its keep-alive connection back to the pool instead of closing it.
+                text = _read_some(response, RESPONSE_KEEP_BYTES)
                 if not delivered(status):
-                    text = response.raw.read(RESPONSE_KEEP_BYTES, decode_content=True)
                     gist = " ".join(text.decode("utf-8", errors="replace").split())[:200]
                     error = f"HTTP {status}" + (f": {gist}" if gist else "")
             finally:
@@ -237,6 +239,17 @@ def _observe(event: HeldEvent, ok: bool, counted: bool, duration_ms: int) -> Non
         created = _parse_time(event.payload.get("timestamp"))
         if created is not None:
             metrics.WEBHOOK_LATENCY.observe(max(0.0, (utcnow() - created).total_seconds()))
+
+
+def _read_some(response: requests.Response, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=limit):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fpcancel.bulk import BulkRow
+from fpcancel.deliverer import Deliverer
 from fpcancel.feed import Scheduler
 from fpcancel.migrate import upgrade
 from fpcancel.models.db import make_engine
@@ -35,6 +36,8 @@ from fpcancel.stats import collect_stats
 from fpcancel.statuses import TERMINAL_STATUSES, JobStatus
 
 DEMO_TOKEN = "demo-token-not-a-secret"
+# The shop's webhook secret in the demo (the sandbox plays the shop and checks every signature).
+DEMO_WEBHOOK_SECRET = "whsec_ZGVtby13ZWJob29rLXNlY3JldC1ub3QtYS1zZWNyZXQ="
 DEMO_DB = "fpcancel-demo.db"
 NAMESPACE = "fpcancel-demo"
 CUSTOMER_ORDER = "ODR900000001"
@@ -67,10 +70,16 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-def demo_settings(base: Settings, sandbox_url: str, broker_url: str, database_url: str) -> Settings:
+def demo_settings(
+    base: Settings, sandbox: SandboxServer, broker_url: str, database_url: str
+) -> Settings:
     return replace(
         base,
-        base_url=sandbox_url,
+        base_url=sandbox.base_url,
+        webhook_url=sandbox.webhook_url,
+        webhook_secret=Secret(DEMO_WEBHOOK_SECRET),
+        webhook_retry_base_seconds=0.2,
+        webhook_retry_max_seconds=1.0,
         token=Secret(DEMO_TOKEN),
         database_url=database_url,
         broker_url=broker_url,
@@ -100,10 +109,15 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
     sandbox = SandboxServer(token=DEMO_TOKEN, rate_limit=(20, 1.0)).start()
     for order, spec in BULK.items():
         sandbox.set_order(order, status=spec.get("status", "SENT"), script=spec.get("script", []))
-    settings = demo_settings(base, sandbox.base_url, broker_url, database_url)
+    sandbox.configure_receiver(secret=DEMO_WEBHOOK_SECRET, fail_next=2)
+    settings = demo_settings(base, sandbox, broker_url, database_url)
     console.print(
         f"database: {database_url}; provider: the sandbox at {sandbox.base_url}; "
         f"rate limit {settings.rate_limit.calls} calls per {settings.rate_limit.per_seconds:g} s"
+    )
+    console.print(
+        f"the shop's webhook: {settings.webhook_url} (the sandbox again, checking signatures; "
+        "it fails its first two deliveries)"
     )
 
     engine = make_engine(database_url)
@@ -128,6 +142,7 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
     thread = threading.Thread(target=worker.start, name="fpcancel-demo-worker", daemon=True)
     thread.start()
     Scheduler(runtime, member="demo", threads=4).start()
+    Deliverer(settings, runtime.sessions, runtime.stop, threads=2).start()
 
     producer = Producer(runtime.sessions, app)
     customer = producer.enqueue(CUSTOMER_ORDER, "Customer asked to cancel", source="demo-shop")
@@ -144,8 +159,10 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
         with Live(console=console, refresh_per_second=8, transient=False) as live:
             while time.monotonic() - started < timeout:
                 counts = _counts(runtime)
-                live.update(_progress(counts, time.monotonic() - started))
-                if sum(counts.get(s.value, 0) for s in TERMINAL_STATUSES) == len(BULK) + 1:
+                told = _told(sandbox)
+                live.update(_progress(counts, told, time.monotonic() - started))
+                ended = sum(counts.get(s.value, 0) for s in TERMINAL_STATUSES)
+                if ended == len(BULK) + 1 and sum(told.values()) == ended:
                     code = 0
                     break
                 time.sleep(0.25)
@@ -154,6 +171,8 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
         worker_state.should_terminate = 0
         thread.join(10)
         worker_state.should_terminate = None
+        told = _told(sandbox)
+        checked = all(item["verified"] for item in sandbox.webhooks())
         sandbox.stop()
     with runtime.sessions() as session:
         stats = collect_stats(session)
@@ -165,8 +184,13 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
     install(None)
     console.print()
     stats_table(stats, console)
+    console.print(
+        f"the shop was told: {sum(told.values())} events received, every signature "
+        f"{'checked' if checked else '[red]NOT checked[/red]'}: "
+        + ", ".join(f"{status} {n}" for status, n in sorted(told.items()))
+    )
     wrong = {o: s for o, s in finals.items() if s != EXPECTED.get(o, "succeeded")}
-    if code or wrong:
+    if code or wrong or not checked:
         console.print(f"[red]demo did not finish as expected[/red]: {wrong or 'timed out'}")
         return 1
     console.print(
@@ -199,8 +223,22 @@ def _counts(runtime: Any) -> dict[str, int]:
         )
 
 
-def _progress(counts: dict[str, int], elapsed: float) -> Table:
-    table = Table(title=f"jobs after {elapsed:4.1f} s", show_edge=False)
+def _told(sandbox: SandboxServer) -> dict[str, int]:
+    """Outcome events the shop (the sandbox's receiver) accepted, by the job's status; a retried
+    delivery of the same event counts once."""
+    accepted: dict[str, str] = {}
+    for item in sandbox.webhooks():
+        if 200 <= item["status"] < 300 and isinstance(item["payload"], dict):
+            accepted[item["id"]] = str(item["payload"]["data"]["status"])
+    counts: dict[str, int] = {}
+    for status in accepted.values():
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def _progress(counts: dict[str, int], told: dict[str, int], elapsed: float) -> Table:
+    title = f"jobs after {elapsed:4.1f} s; the shop has been told of {sum(told.values())}"
+    table = Table(title=title, show_edge=False)
     for status in JobStatus:
         style = STATUS_STYLE.get(status.value, "")
         table.add_column(status.value, justify="right", style=style)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     ColumnElement,
+    Connection,
     Integer,
     MetaData,
     Table,
@@ -93,17 +94,32 @@ class Dispatch:
     lane: str
 
 
-def _dialect(session: Session) -> str:
-    return session.get_bind().dialect.name
+# A Session, or a Core connection where the ORM's overhead matters (one customer's enqueue).
+Db = Session | Connection
 
 
-def _insert_if_no_active(session: Session) -> postgresql.Insert | sqlite.Insert:
+def _dialect(db: Db) -> str:
+    bind = db.get_bind() if isinstance(db, Session) else db
+    return bind.dialect.name
+
+
+_INSERTS: dict[str, Any] = {}
+
+
+def _insert_if_no_active(session: Db) -> postgresql.Insert | sqlite.Insert:
     """INSERT into cancel_jobs that does nothing for an order that already has an active or
-    succeeded job: the partial unique index decides, so concurrent producers cannot both win."""
-    # The table, not the ORM entity: a Core statement, whose rowcount the bulk move reads.
-    table = cast(Table, CancelJob.__table__)
-    stmt = postgresql.insert(table) if _dialect(session) == "postgresql" else sqlite.insert(table)
-    return stmt.on_conflict_do_nothing(index_elements=["order_uuid"], index_where=text(ACTIVE_SQL))
+    succeeded job: the partial unique index decides, so concurrent producers cannot both win.
+    One statement object per dialect, so SQLAlchemy compiles it once."""
+    dialect = _dialect(session)
+    stmt = _INSERTS.get(dialect)
+    if stmt is None:
+        # The table, not the ORM entity: a Core statement, whose rowcount the bulk move reads.
+        table = cast(Table, CancelJob.__table__)
+        insert_ = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+        stmt = _INSERTS[dialect] = insert_.on_conflict_do_nothing(
+            index_elements=["order_uuid"], index_where=text(ACTIVE_SQL)
+        )
+    return stmt
 
 
 def _lock(stmt: Any, session: Session) -> Any:
@@ -116,7 +132,7 @@ def _lock(stmt: Any, session: Session) -> Any:
 # -- new jobs -------------------------------------------------------------------------------------
 
 
-def insert_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> list[NewJob]:
+def insert_jobs(session: Db, rows: Sequence[dict[str, Any]]) -> list[NewJob]:
     """New `queued` jobs from `new_job_values` dicts (distinct orders); for an order that already
     has an active or succeeded job, that job instead (SPEC.md, "Dedup"). In the input's order."""
     found: dict[str, NewJob] = {}
@@ -124,10 +140,12 @@ def insert_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> list[NewJob
     for _ in range(5):
         if not pending:
             break
-        stmt = _insert_if_no_active(session).values(pending)
-        for row in session.execute(
-            stmt.returning(CancelJob.__table__.c.id, CancelJob.__table__.c.order_uuid)
-        ):
+        # One statement and a list of parameters (an executemany, "insertmanyvalues"): compiled
+        # once and cached, where a multi-row VALUES would be compiled on every call.
+        stmt = _insert_if_no_active(session).returning(
+            CancelJob.__table__.c.id, CancelJob.__table__.c.order_uuid
+        )
+        for row in session.execute(stmt, pending):
             found[row.order_uuid] = NewJob(row.id, row.order_uuid, JobStatus.QUEUED.value, True)
         missing = [r["order_uuid"] for r in pending if r["order_uuid"] not in found]
         if missing:
@@ -145,7 +163,7 @@ def insert_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> list[NewJob
     return [found[r["order_uuid"]] for r in rows]
 
 
-def insert_job(session: Session, **values: Any) -> NewJob:
+def insert_job(session: Db, **values: Any) -> NewJob:
     """One new job (the arguments of `new_job_values`), or the order's active one."""
     return insert_jobs(session, [new_job_values(**values)])[0]
 
@@ -308,7 +326,7 @@ def dispatch_due(
     return picked, resent
 
 
-def clear_dispatch(session: Session, dispatches: Iterable[Dispatch]) -> None:
+def clear_dispatch(session: Db, dispatches: Iterable[Dispatch]) -> None:
     """Publishing failed: the feed sends these jobs on its next round."""
     for item in dispatches:
         session.execute(

@@ -13,9 +13,9 @@ two never hold the same event, and a deliverer that dies only delays its batch b
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from fpcancel.errors import UnknownEventError
@@ -52,7 +52,8 @@ class TryRecord:
 def claim_due(
     session: Session, now: datetime, limit: int, lease_seconds: float, token: str
 ) -> list[HeldEvent]:
-    """Hold up to `limit` due events (oldest first) for `lease_seconds`."""
+    """Hold up to `limit` due events (oldest first) for `lease_seconds`: one UPDATE of the
+    rows a sub-select picks (`FOR UPDATE SKIP LOCKED` on PostgreSQL)."""
     due = (
         select(CancelEvent.id)
         .where(
@@ -65,30 +66,31 @@ def claim_due(
     )
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    ids = list(session.scalars(due))
-    if not ids:
-        return []
-    session.execute(
-        update(CancelEvent)
-        .where(CancelEvent.id.in_(ids), CancelEvent.delivery == WAITING)
-        .values(claim_token=token, claimed_until=now + timedelta(seconds=lease_seconds))
-    )
     rows = session.execute(
-        select(CancelEvent.id, CancelEvent.payload, CancelEvent.delivery_attempts)
-        .where(CancelEvent.claim_token == token, CancelEvent.id.in_(ids))
-        .order_by(CancelEvent.id)
+        update(CancelEvent)
+        .where(CancelEvent.id.in_(due.scalar_subquery()), CancelEvent.delivery == WAITING)
+        .values(claim_token=token, claimed_until=now + timedelta(seconds=lease_seconds))
+        .returning(CancelEvent.id, CancelEvent.payload, CancelEvent.delivery_attempts)
+        .execution_options(synchronize_session=False)
     ).all()
+    if not rows:
+        return []
     numbers = dict(
         session.execute(
             select(WebhookDelivery.event_id, func.max(WebhookDelivery.attempt))
-            .where(WebhookDelivery.event_id.in_(ids))
+            .where(WebhookDelivery.event_id.in_([row.id for row in rows]))
             .group_by(WebhookDelivery.event_id)
         ).all()
     )
-    return [
-        HeldEvent(row.id, dict(row.payload), row.delivery_attempts, (numbers.get(row.id) or 0) + 1)
-        for row in rows
-    ]
+    return sorted(
+        (
+            HeldEvent(
+                row.id, dict(row.payload), row.delivery_attempts, (numbers.get(row.id) or 0) + 1
+            )
+            for row in rows
+        ),
+        key=lambda event: event.id,
+    )
 
 
 def record_tries(session: Session, tries: Sequence[TryRecord], token: str) -> None:
@@ -110,22 +112,31 @@ def record_tries(session: Session, tries: Sequence[TryRecord], token: str) -> No
             for t in tries
         ],
     )
-    for t in tries:
-        finished_at = t.started_at + timedelta(milliseconds=t.duration_ms)
-        session.execute(
-            update(CancelEvent)
-            .where(CancelEvent.id == t.event.id, CancelEvent.claim_token == token)
-            .values(
-                delivery=t.outcome.delivery.value,
-                delivery_attempts=t.event.attempts + (1 if t.outcome.counted else 0),
-                next_delivery_at=t.outcome.next_delivery_at,
-                delivered_at=finished_at
+    events = cast(Table, CancelEvent.__table__)
+    session.execute(
+        update(events)
+        .where(events.c.id == bindparam("event_id"), events.c.claim_token == token)
+        .values(
+            delivery=bindparam("delivery"),
+            delivery_attempts=bindparam("attempts"),
+            next_delivery_at=bindparam("due"),
+            delivered_at=bindparam("done"),
+            claim_token=None,
+            claimed_until=None,
+        ),
+        [
+            {
+                "event_id": t.event.id,
+                "delivery": t.outcome.delivery.value,
+                "attempts": t.event.attempts + (1 if t.outcome.counted else 0),
+                "due": t.outcome.next_delivery_at,
+                "done": t.started_at + timedelta(milliseconds=t.duration_ms)
                 if t.outcome.delivery is DeliveryStatus.DELIVERED
                 else None,
-                claim_token=None,
-                claimed_until=None,
-            )
-        )
+            }
+            for t in tries
+        ],
+    )
 
 
 def release(session: Session, events: Iterable[HeldEvent], token: str, due: datetime) -> None:

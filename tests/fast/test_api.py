@@ -61,11 +61,11 @@ def _imported_after(statement: str) -> set[str]:
 
 
 def test_the_pure_core_imports_no_io_library() -> None:
-    """Classification, backoff, the fleet pause and the state machine import neither requests,
-    SQLAlchemy, redis nor Celery."""
+    """Classification, backoff, the fleet pause, the state machine and webhook signing import
+    neither requests, SQLAlchemy, redis nor Celery."""
     loaded = _imported_after(
         "import fpcancel.classify, fpcancel.backoff, fpcancel.pauses, fpcancel.transitions, "
-        "fpcancel.statuses, fpcancel.answers"
+        "fpcancel.statuses, fpcancel.answers, fpcancel.webhooks"
     )
     assert not loaded & {"requests", "sqlalchemy", "redis", "celery", "urllib3", "psycopg"}
 

@@ -241,6 +241,12 @@ def test_any_payload_signs_and_verifies(data: dict[str, Any]) -> None:
 # -- delivery ------------------------------------------------------------------------------------
 
 
+def sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 @pytest.fixture
 def receiver() -> Iterator[SandboxServer]:
     server = SandboxServer(rate_limit=None).start()
@@ -280,6 +286,8 @@ def test_events_are_delivered_signed_and_marked(
     ended_jobs(runtime, transport, clock, 3)
     d = deliverer(runtime, receiver.webhook_url)
     http = requests.Session()
+    delivered_before = sample("fpcancel_webhook_tries_total", result="delivered")
+    latency_before = sample("fpcancel_webhook_delivery_latency_seconds_count")
     assert d.deliver_batch(http) is True
     received = receiver.webhooks()
     assert [r["verified"] for r in received] == [True, True, True]
@@ -288,6 +296,8 @@ def test_events_are_delivered_signed_and_marked(
     assert [r["payload"] for r in received] == [e.payload for e in events]
     assert all(e.delivery == "delivered" and e.delivered_at is not None for e in events)
     assert d.deliver_batch(http) is False  # nothing more is due
+    assert sample("fpcancel_webhook_tries_total", result="delivered") >= delivered_before + 3
+    assert sample("fpcancel_webhook_delivery_latency_seconds_count") >= latency_before + 3
     with runtime.sessions() as s:
         assert s.execute(select(func.count()).select_from(WebhookDelivery)).scalar_one() == 3
 

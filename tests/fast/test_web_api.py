@@ -528,7 +528,7 @@ def test_the_web_secret_is_checked_never_shown_and_redacted(tmp_path: Path) -> N
     from fpcancel.errors import SettingsError
     from fpcancel.settings import load_settings
 
-    with pytest.raises(SettingsError, match="^FPCANCEL_WEB_SECRET: too short") as caught:
+    with pytest.raises(SettingsError, match=r"^FPCANCEL_WEB_SECRET: too short") as caught:
         load_settings(environ={"FPCANCEL_WEB_SECRET": "short-secret"}, dotenv=tmp_path / "none")
     assert "short-secret" not in str(caught.value)
     secret = "s3cr3t-" + "x" * 40

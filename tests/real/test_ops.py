@@ -18,6 +18,8 @@ STATS_KEYS = {
     "latency_ms",
     "rate_limit",
     "oldest_queued_age_seconds",
+    "events",
+    "delivery_latency_seconds",
 }
 
 

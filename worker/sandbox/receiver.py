@@ -6,7 +6,7 @@ answer late.
     PUT /_sandbox/receiver  {"secret": "whsec_...", "fail_next": 2, "status": 204,
                              "delay_seconds": 0}
     GET /_sandbox/webhooks  {"received": [{"id", "timestamp", "verified", "status", "payload",
-                             "time"}, ...]}      DELETE clears them
+                             "time", "body", "signature"}, ...]}      DELETE clears them
 """
 
 from __future__ import annotations
@@ -98,6 +98,9 @@ class WebhookReceiver:
                     "status": status,
                     "payload": payload,
                     "time": arrived,
+                    # As they came, so a test can check them with another implementation.
+                    "body": raw.decode("utf-8", errors="replace"),
+                    "signature": lowered.get("webhook-signature", ""),
                 }
             )
         return Reply(status, json_bytes({"ok": 200 <= status < 300}), delay_seconds=delay)
