@@ -1,4 +1,4 @@
-# fpcancel: the worker, the CLI and the sandbox in one slim image.
+# fpcancel: the worker, the CLI, the HTTP service and the sandbox in one slim image.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -2,9 +2,17 @@
 `fpcancel.statuses`."""
 
 from fpcancel.models.db import make_engine, make_session_factory, utcnow
-from fpcancel.models.tables import Base, CancelAttempt, CancelEvent, CancelJob, WebhookDelivery
+from fpcancel.models.tables import (
+    ApiKey,
+    Base,
+    CancelAttempt,
+    CancelEvent,
+    CancelJob,
+    WebhookDelivery,
+)
 
 __all__ = [
+    "ApiKey",
     "Base",
     "CancelAttempt",
     "CancelEvent",

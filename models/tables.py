@@ -1,5 +1,6 @@
-"""The tables ops read directly: `cancel_jobs`, `cancel_attempts` (SPEC.md, "Tables"), and
-`cancel_events` with `webhook_deliveries` (SPEC.md, "Outcome events").
+"""The tables ops read directly: `cancel_jobs`, `cancel_attempts` (SPEC.md, "Tables"),
+`cancel_events` with `webhook_deliveries` (SPEC.md, "Outcome events"), and `api_keys` (SPEC.md,
+"HTTP service").
 
 The names in SPEC.md are fixed; the extra columns are the worker's bookkeeping and are documented
 in README.md ("The job table").
@@ -26,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from fpcancel.models.types import UTCDateTime
 from fpcancel.statuses import (
     ACTIVE_SQL,
+    API_SCOPES,
     LANES,
     WAITING_SQL,
     AttemptKind,
@@ -96,6 +98,8 @@ class CancelJob(Base):
         Index("ix_cancel_jobs_status_source", "status", "source"),
         Index("ix_cancel_jobs_source_id", "source", "id"),
         Index("ix_cancel_jobs_created_at", "created_at"),
+        # The dashboard's "outcomes over time" reads the last day's finished jobs (migration 0004).
+        Index("ix_cancel_jobs_finished_at", "finished_at"),
         # The scheduler's "what is due, customers first" query.
         Index(
             "ix_cancel_jobs_due",
@@ -207,4 +211,37 @@ class WebhookDelivery(Base):
     __table_args__ = (
         Index("uq_webhook_deliveries_event_attempt", "event_id", "attempt", unique=True),
         Index("ix_webhook_deliveries_started_at", "started_at"),
+    )
+
+
+_scope_list = ", ".join(f"'{scope}'" for scope in API_SCOPES)
+
+
+class ApiKey(Base):
+    """A key for the HTTP service (`fpcancel keys create`). The key itself is never stored: only
+    its SHA-256 and its first characters (`prefix`), by which a presented key finds its row."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))  # SHA-256, hex
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint(f"scope IN ({_scope_list})", name="ck_api_keys_scope"),
+        Index("uq_api_keys_key_hash", "key_hash", unique=True),
+        Index("ix_api_keys_prefix", "prefix"),
+        # A name says whose requests a log line shows: one live key per name.
+        Index(
+            "uq_api_keys_live_name",
+            "name",
+            unique=True,
+            postgresql_where=text("revoked_at IS NULL"),
+            sqlite_where=text("revoked_at IS NULL"),
+        ),
     )

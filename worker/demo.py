@@ -196,7 +196,11 @@ def run_demo(base: Settings, console: Console, timeout: float = 50.0) -> int:
     console.print(
         f"[green]done in {time.monotonic() - started:.1f} s.[/green] "
         "Look at a flaky order's calls:\n"
-        f"  FPCANCEL_DATABASE_URL={database_url} {_command_name()} jobs show {flaky_id}"
+        f"  FPCANCEL_DATABASE_URL={database_url} {_command_name()} jobs show {flaky_id}\n"
+        "Or in the browser: make an ops key (printed once), serve, open the page and paste it:\n"
+        f"  export FPCANCEL_DATABASE_URL={database_url}\n"
+        f"  {_command_name()} keys create --name me --scope ops\n"
+        f"  {_command_name()} serve     # then http://127.0.0.1:8000/ and sign in with the key"
     )
     return 0
 

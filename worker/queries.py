@@ -94,8 +94,12 @@ def list_jobs(
     until: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
+    before_id: int | None = None,
+    after_id: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first."""
+    """Newest first. `before_id` / `after_id` page by key (the jobs just older / newer than that
+    id), which an index serves however deep into the table the page is; OFFSET reads and drops
+    every row it skips."""
     stmt = select(CancelJob)
     if statuses:
         stmt = stmt.where(CancelJob.status.in_(statuses))
@@ -107,5 +111,11 @@ def list_jobs(
         stmt = stmt.where(CancelJob.created_at >= since)
     if until is not None:
         stmt = stmt.where(CancelJob.created_at < until)
+    if before_id is not None:
+        stmt = stmt.where(CancelJob.id < before_id)
+    if after_id is not None:
+        # The page just newer than `after_id`: read upwards from it, then show newest first.
+        stmt = stmt.where(CancelJob.id > after_id).order_by(CancelJob.id).limit(limit)
+        return [job_dict(job) for job in reversed(session.scalars(stmt).all())]
     stmt = stmt.order_by(CancelJob.id.desc()).limit(limit).offset(offset)
     return [job_dict(job) for job in session.scalars(stmt)]

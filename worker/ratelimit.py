@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from redis import Redis
@@ -30,6 +31,16 @@ from fpcancel.statuses import SETUP_FAULTS, PauseReason
 def _pause_key(reason: PauseReason) -> str:
     """Setup faults share one pause (it grows while any of them lasts); the rate has its own."""
     return "setup" if reason in SETUP_FAULTS else "rate"
+
+
+@dataclass(frozen=True)
+class ActivePause:
+    """A pause in force (read only, for the dashboard): `rate` or `setup`, seconds left, and
+    the reasons counted in a row for it (a setup pause covers unauthorized, misrouted, not_sent)."""
+
+    kind: str
+    seconds_left: float
+    reasons: tuple[str, ...]
 
 
 PREFIX = "fpcancel:rate:"
@@ -209,6 +220,21 @@ class RedisLimiter:
         self._success_noted_at = now
         self._redis.delete(*(self._failures_key + r.value for r in SETUP_FAULTS))
 
+    def active_pauses(self) -> list[ActivePause]:
+        """Read only: the pauses in force now and why, in one round trip."""
+        kinds = ("rate", "setup")
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        for kind in kinds:
+            pipe.get(self._pause_prefix + kind)
+        for reason in PauseReason:
+            pipe.get(self._failures_key + reason.value)
+        (seconds, micros), *values = pipe.execute()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        untils, counts = values[: len(kinds)], values[len(kinds) :]
+        failing = {r for r, n in zip(PauseReason, counts, strict=True) if int(n or 0) > 0}
+        return _active(kinds, [(int(u or 0) - now_ms) / 1000 for u in untils], failing)
+
 
 class LocalLimiter:
     """The same promise inside one process, for the embedded demo (memory broker, no Redis)."""
@@ -276,6 +302,28 @@ class LocalLimiter:
         with self._lock:
             for reason in SETUP_FAULTS:
                 self._failures.pop(reason, None)
+
+    def active_pauses(self) -> list[ActivePause]:
+        with self._lock:
+            now = self._clock()
+            kinds = ("rate", "setup")
+            left = [self._paused_until.get(kind, 0.0) - now for kind in kinds]
+            return _active(kinds, left, {r for r, n in self._failures.items() if n > 0})
+
+
+def _active(
+    kinds: tuple[str, ...], seconds_left: list[float], failing: set[PauseReason]
+) -> list[ActivePause]:
+    """The pauses with time left; a setup pause names the setup faults counted in a row."""
+    found = []
+    for kind, left in zip(kinds, seconds_left, strict=True):
+        if left <= 0:
+            continue
+        reasons = [r.value for r in PauseReason if _pause_key(r) == kind and r in failing]
+        if kind == "rate":
+            reasons = [PauseReason.RATE_LIMITED.value]
+        found.append(ActivePause(kind, round(left, 1), tuple(reasons)))
+    return found
 
 
 def wait_for_slot(

@@ -385,3 +385,29 @@ def stats_table(stats: dict[str, Any], console: Console | None = None) -> None:
         ", ".join(f"{k} {'-' if v is None else f'{v:.1f} s'}" for k, v in latency_s.items()),
     )
     console.print(table)
+
+
+def keys_table(rows: list[dict[str, Any]]) -> None:
+    """`keys list`: one key a line; never the key, only its first characters."""
+    console = _console()
+    names = ("id", "name", "scope", "prefix", "created_at", "last_used_at", "revoked_at")
+    cells = [
+        [
+            _cell(row["id"]),
+            _cell(row["name"]),
+            _cell(row["scope"]),
+            _cell(row["prefix"] + "…"),
+            _cell(_when(row["created_at"])),
+            _cell(_when(row["last_used_at"])),
+            _cell(_when(row["revoked_at"])),
+        ]
+        for row in rows
+    ]
+    table = _one_line_table(
+        console, names, cells, flexible=("name",), drop_first=("last_used_at", "created_at")
+    )
+    console.print(table)
+    if not rows:
+        console.print(
+            "no keys: make one with `fpcancel keys create --name N --scope S`", style="dim"
+        )

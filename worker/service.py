@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
+from sqlalchemy import Engine
 
 from fpcancel.app import queue_names
 from fpcancel.errors import ServiceError
@@ -35,14 +36,14 @@ def worker_argv(concurrency: int, loglevel: str, name: str) -> list[str]:
     ]
 
 
-def preflight(runtime: Runtime) -> None:
-    """Refuse to start (exit 1) when the database or broker is unreachable or the schema is old."""
+def preflight_database(engine: Engine) -> None:
+    """Refuse to start (exit 1) when the database is unreachable or its schema is old."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from fpcancel.migrate import current_revision, head_revision
 
     try:
-        revision = current_revision(runtime.engine)
+        revision = current_revision(engine)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ServiceError(f"database unreachable: {reason}") from None
@@ -51,6 +52,11 @@ def preflight(runtime: Runtime) -> None:
             f"database schema is at {revision or 'nothing'}, not {head_revision()}: "
             "run `fpcancel db upgrade` first"
         )
+
+
+def preflight(runtime: Runtime) -> None:
+    """Refuse to start (exit 1) when the database or broker is unreachable or the schema is old."""
+    preflight_database(runtime.engine)
     with runtime.app.connection_for_write() as connection:
         where = connection.as_uri()  # the password masked
         try:

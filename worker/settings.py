@@ -83,6 +83,9 @@ class Settings:
     webhook_retry_base_seconds: float = 5.0
     webhook_retry_max_seconds: float = 3600.0
     webhook_max_attempts: int = 12
+    # `fpcancel serve` signs its dashboard session cookies with this; unset, each process makes
+    # a random one at start (sessions end when it restarts; README.md, "HTTP service").
+    web_secret: Secret | None = field(default=None, repr=False)
 
     @property
     def connect_timeout_seconds(self) -> float:
@@ -122,6 +125,8 @@ class Settings:
     def redactor(self) -> Redactor:
         """Blanks every secret setting out of a text (`fpcancel.redaction`)."""
         secrets = [self.token.reveal() if self.token else None]
+        if self.web_secret is not None:
+            secrets.append(self.web_secret.reveal())
         if self.webhook_secret is not None:
             whole = self.webhook_secret.reveal()
             secrets += [whole, whole.removeprefix("whsec_")]
@@ -248,6 +253,21 @@ def check_token(raw: str, name: str = "FRONTPAYMENT_TOKEN") -> Secret | None:
             "which no bearer token has (check how it was copied)"
         )
     return Secret(token)
+
+
+WEB_SECRET_MIN_CHARS = 32
+
+
+def check_web_secret(raw: str, name: str = "FPCANCEL_WEB_SECRET") -> Secret | None:
+    """The dashboard's signing secret: 32 or more printable ASCII characters, never quoted in an
+    error (`python -c 'import secrets; print(secrets.token_urlsafe(32))'` makes one)."""
+    secret = check_token(raw, name)
+    if secret is not None and len(secret.reveal()) < WEB_SECRET_MIN_CHARS:
+        raise SettingsError(
+            f"{name}: too short, at least {WEB_SECRET_MIN_CHARS} characters "
+            "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return secret
 
 
 def check_webhook_secret(raw: str, name: str = "FPCANCEL_WEBHOOK_SECRET") -> Secret:
@@ -427,6 +447,7 @@ VARIABLES = (
         _seconds(0, 7 * DAY_SECONDS),
     ),
     Variable("FPCANCEL_WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts", _count(1, 1000)),
+    Variable("FPCANCEL_WEB_SECRET", "web_secret", check_web_secret),
 )
 
 

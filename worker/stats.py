@@ -59,7 +59,7 @@ def percentiles(histogram: Mapping[int, int], quantiles: Mapping[str, float]) ->
     return result
 
 
-def _job_counts(session: Session, since: datetime | None) -> tuple[dict[str, int], dict[str, int]]:
+def job_counts(session: Session, since: datetime | None) -> tuple[dict[str, int], dict[str, int]]:
     """Jobs per status (every status, zeros included) and per source ("" for none)."""
     by_status = {s.value: 0 for s in JobStatus}
     by_source: dict[str, int] = {}
@@ -136,7 +136,7 @@ def collect_stats(
     session: Session, since: datetime | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
     """Every figure `stats --json` prints (keys documented in `fpcancel stats --help`)."""
-    by_status, by_source = _job_counts(session, since)
+    by_status, by_source = job_counts(session, since)
     calls: Counter[str] = Counter()
     durations: Counter[int] = Counter()
     provider_429s = waited = wait_ms = 0

@@ -3,6 +3,7 @@
 JobStatus    a job's status (`cancel_jobs.status`)
 AttemptKind  what a call was (`cancel_attempts.kind`)
 Lane         which line a job waits in (`cancel_jobs.lane`), customers first
+ApiScope     what an HTTP API key may do (`api_keys.scope`)
 """
 
 from enum import StrEnum
@@ -85,3 +86,14 @@ class DeliveryStatus(StrEnum):
 
 
 EVENT_FINISHED = "cancel_job.finished"
+
+
+class ApiScope(StrEnum):
+    """What an HTTP API key may do (SPEC.md, "HTTP service"); `ops` may do everything."""
+
+    ENQUEUE = "enqueue"  # create cancellations
+    READ = "read"  # jobs, stats, events
+    OPS = "ops"  # all of the above, retry, and the dashboard
+
+
+API_SCOPES = tuple(scope.value for scope in ApiScope)

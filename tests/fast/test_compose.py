@@ -45,8 +45,8 @@ def fpcancel_commands() -> list[tuple[str, list[str]]]:
 
 
 def test_compose_has_our_services() -> None:
-    """The image's services are there: migrate, worker, sandbox."""
-    assert {"migrate", "worker", "sandbox"} <= {n for n, s in SERVICES.items() if ours(s)}
+    """The image's services are there: migrate, worker, web, sandbox."""
+    assert {"migrate", "worker", "web", "sandbox"} <= {n for n, s in SERVICES.items() if ours(s)}
 
 
 @pytest.mark.parametrize(("where", "args"), fpcancel_commands(), ids=lambda v: str(v))

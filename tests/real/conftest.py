@@ -238,3 +238,81 @@ def attempts_of(sessions: Any, order: str) -> list[CancelAttempt]:
                 .order_by(CancelAttempt.job_id, CancelAttempt.number)
             )
         )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A `fpcancel serve` subprocess on a free port, its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [FPCANCEL, "serve", "--port", str(self.port)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30) -> "Server":
+        import requests
+
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                return True
+            try:
+                requests.get(self.url + "/healthz", timeout=1)
+                return True
+            except requests.RequestException:
+                return False
+
+        wait_until(answers, timeout, "fpcancel serve to answer")
+        assert self.proc.poll() is None, self.log()
+        return self
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def start(env: dict[str, str]) -> Server:
+        server = Server(env, tmp_path / f"serve-{len(servers)}.log").wait_ready()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def make_key(env: dict[str, str], name: str, scope: str) -> str:
+    """`fpcancel keys create --json`: the key, printed once."""
+    import json
+
+    done = cli(env, "keys", "create", "--name", name, "--scope", scope, "--json")
+    assert done.returncode == 0, done.stderr
+    return str(json.loads(done.stdout)["key"])

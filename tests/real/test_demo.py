@@ -25,4 +25,5 @@ def test_the_demo_runs_end_to_end_without_any_service(tmp_path: Path) -> None:
     assert "fpcancel stats" in out
     assert "21 (succeeded 17, already_paid 2, not_found 1, invalid_payload 1)" in out
     assert "fpcancel jobs show" in out
+    assert "keys create --name me --scope ops" in out and "serve" in out  # the dashboard hint
     assert (tmp_path / "fpcancel-demo.db").exists()

@@ -103,3 +103,41 @@ def test_a_shop_with_its_own_models_worker_and_migrations_enqueues(
     assert out["status"] == "queued" and out["job"] >= 1
     assert out["shop"] == ["the shop models", "the shop worker", "the shop migrations"]
     assert str(installed) in out["fpcancel"] and sys.prefix not in out["fpcancel"]
+
+
+def test_the_installed_wheel_carries_the_web_app_its_templates_and_style_sheet(
+    installed: Path,
+) -> None:
+    """`fpcancel.web` is in the wheel with its package data: every template compiles, the style
+    sheet is there, and `fpcancel serve --help` runs."""
+    check = (
+        "from fpcancel.web.app import STATIC, TEMPLATES, templates\n"
+        "names = sorted(p.name for p in TEMPLATES.glob('*.html'))\n"
+        "env = templates()\n"
+        "for name in names: env.get_template(name)\n"
+        "assert (STATIC / 'fpcancel.css').stat().st_size > 1000\n"
+        "print(' '.join(names))\n"
+    )
+    done = subprocess.run(
+        [str(installed / "bin" / "python"), "-c", check],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=installed,
+    )
+    assert done.returncode == 0, done.stderr
+    assert {
+        "base.html",
+        "job.html",
+        "jobs.html",
+        "overview.html",
+        "signin.html",
+        "upload.html",
+    } <= set(done.stdout.split())
+    serve = subprocess.run(
+        [str(installed / "bin" / "fpcancel"), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert serve.returncode == 0 and "dashboard" in serve.stdout

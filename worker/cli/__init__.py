@@ -8,6 +8,8 @@ jobs.py      jobs list, jobs show, jobs retry
 stats.py     stats
 sandbox.py   sandbox
 demo.py      demo
+keys.py      keys create, keys list, keys revoke
+serve.py     serve
 """
 
 import sys
@@ -15,7 +17,7 @@ import sys
 import click
 
 from fpcancel import __version__
-from fpcancel.cli import db, demo, enqueue, events, jobs, sandbox, stats, worker
+from fpcancel.cli import db, demo, enqueue, events, jobs, keys, sandbox, serve, stats, worker
 from fpcancel.cli.context import CliContext, FpcancelGroup, settings_help
 
 
@@ -36,7 +38,7 @@ def main(ctx: click.Context) -> None:
     ctx.obj = CliContext(ctx)
 
 
-for module in (db, enqueue, worker, jobs, events, stats, demo, sandbox):
+for module in (db, enqueue, worker, jobs, events, stats, demo, sandbox, keys, serve):
     for command in module.COMMANDS:
         main.add_command(command)
 
