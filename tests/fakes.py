@@ -87,6 +87,8 @@ class FakeTransport(BaseAdapter):
         self.scripts: dict[str, list[Reply]] = {}
         self.status_scripts: dict[str, list[Reply]] = {}
         self.requests: list[requests.PreparedRequest] = []
+        # Asked first for every request: a Reply to answer with (an outage, say), or None.
+        self.intercept: Callable[[requests.PreparedRequest], Reply | None] | None = None
         self._lock = threading.Lock()
 
     def script(self, order: str, *replies: Reply) -> None:
@@ -112,7 +114,9 @@ class FakeTransport(BaseAdapter):
             order = url.rsplit("/", 1)[-1]
             book = self.status_scripts if "/orders/status/" in url else self.scripts
             queue = book.get(order, [])
-            reply = queue.pop(0) if queue else default_reply(url)
+            reply = self.intercept(request) if self.intercept is not None else None
+            if reply is None:
+                reply = queue.pop(0) if queue else default_reply(url)
         if reply.raise_ is not None:
             raise reply.raise_
         response = requests.Response()

@@ -26,6 +26,7 @@ class Answer:
     text: str  # the raw body, trimmed
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names, the ones kept
     duration_ms: int = 0
+    left_at: float | None = None  # perf_counter() when the request left (after any connect)
 
     @property
     def message(self) -> str | None:
@@ -39,10 +40,11 @@ class Answer:
 class ProviderError(Exception):
     """Base of what a provider call raises instead of answering."""
 
-    def __init__(self, message: str, duration_ms: int = 0) -> None:
+    def __init__(self, message: str, duration_ms: int = 0, left_at: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.duration_ms = duration_ms
+        self.left_at = left_at  # perf_counter() when the request left, if it did
 
 
 class RequestNotBuilt(ProviderError):

@@ -87,7 +87,8 @@ def classify_cancel(result: CallResult, now_epoch: float = 0.0) -> Decision:
     if isinstance(result, TransportError):
         if result.sent:
             return Decision(Outcome.AMBIGUOUS, ambiguous=True)
-        return Decision(Outcome.RETRYABLE)
+        # Never left: no POST was made, so no attempt was spent (SPEC.md, "Provider-wide trouble").
+        return Decision(Outcome.RETRYABLE, counts=False)
     answer = result
     status, message = answer.status, answer.message
     if status in (401, 403):

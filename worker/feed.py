@@ -126,8 +126,11 @@ class Scheduler:
                 if self._gauges_due(now):
                     self.count_jobs(session)
             metrics.RECLAIMED.inc(report.reclaimed)
-        if rt.limiter.paused_for() > 0:
-            return report  # nothing can start now; what is sent would only come back
+        if rt.limiter.paused_for() > settings.rate_limit_wait_seconds:
+            # Nothing can start for a while; what is sent would only come back. A shorter
+            # pause (the provider's window is spent) is waited out by threads holding jobs, so
+            # the next window's calls leave the moment it opens.
+            return report
         plan = feed_plan(settings.rate_limit.per_second, self._threads)
         with rt.sessions.begin() as session:
             room = plan.target - self.in_flight(session, now)

@@ -12,12 +12,15 @@ table, a log or a terminal. At most
 import json
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from time import perf_counter
 from typing import Any
 from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 from fpcancel import __version__
@@ -43,6 +46,39 @@ KEPT_HEADERS = (
     "x-ratelimit-remaining",
     "x-ratelimit-reset",
 )
+
+
+# When this thread's request left: set as the request is handed over, and again once a new
+# connection is made (its handshake delays the request): the limiter re-stamps a late call.
+_LEFT = threading.local()
+
+
+class _TimedHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _LEFT.at = perf_counter()
+
+
+class _TimedHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _LEFT.at = perf_counter()
+
+
+class _TimedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TimedHTTPConnection
+
+
+class _TimedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TimedHTTPSConnection
+
+
+class _TimedAdapter(HTTPAdapter):
+    """`requests`' adapter, with connections that note when a request leaves after connecting."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TimedHTTPPool, "https": _TimedHTTPSPool}
 
 
 def _transport_error(exc: requests.RequestException, duration_ms: int) -> TransportError:
@@ -110,7 +146,7 @@ class FrontPaymentClient:
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0)
+        adapter = _TimedAdapter(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.trust_env = False  # no proxy or netrc from the environment changes where calls go
@@ -151,7 +187,7 @@ class FrontPaymentClient:
         except (requests.RequestException, ValueError) as exc:
             # Never the exception's text: it may quote the header it refused.
             raise RequestNotBuilt(f"request not built: {type(exc).__name__}") from None
-        started = perf_counter()
+        started = _LEFT.at = perf_counter()
         try:
             response = session.send(
                 prepared, timeout=self._timeout, allow_redirects=False, stream=True
@@ -161,10 +197,13 @@ class FrontPaymentClient:
             finally:
                 response.close()
         except requests.RequestException as exc:
-            raise _transport_error(exc, _ms_since(started)) from None
-        return parse_answer(
+            error = _transport_error(exc, _ms_since(started))
+            error.left_at = _LEFT.at if error.sent else None
+            raise error from None
+        answer = parse_answer(
             response.status_code, raw, response.headers, _ms_since(started), self._redactor
         )
+        return replace(answer, left_at=_LEFT.at)
 
     def close(self) -> None:
         session = getattr(self._local, "session", None)

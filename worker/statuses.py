@@ -71,6 +71,7 @@ class PauseReason(StrEnum):
     UNAUTHORIZED = "unauthorized"  # 401/403: the token is refused
     MISROUTED = "misrouted"  # a 404 or redirect that is not the API's: the URL is wrong
     NOT_SENT = "not_sent"  # a request that cannot be built: a local fault
+    PROVIDER_AWAY = "provider_away"  # no connection, no answers, proxy pages: nobody is there
 
 
 # Faults of the setup, not of the rate: they share one pause that doubles while they last.

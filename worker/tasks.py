@@ -14,6 +14,7 @@ its calls are recorded in one, which is what lets one worker keep up with a fast
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, TypeVar
 
 from celery import shared_task
@@ -26,8 +27,16 @@ from fpcancel.answers import Answer, CallResult, ProviderError
 from fpcancel.app import BATCH_TASK_NAME, TASK_NAME
 from fpcancel.classify import Decision, classify_cancel, classify_status_check
 from fpcancel.jobstore import CallRecord
-from fpcancel.pauses import pause_seconds, plan_pause
-from fpcancel.ratelimit import wait_for_slot
+from fpcancel.pauses import (
+    PROBE_SECONDS,
+    away_decision,
+    pause_seconds,
+    plan_pause,
+    provider_limit,
+    provider_trouble,
+    remaining_calls,
+)
+from fpcancel.ratelimit import LATE_SECONDS, Slot, wait_for_slot
 from fpcancel.runtime import Runtime, current
 from fpcancel.statuses import AttemptKind, PauseReason
 from fpcancel.transitions import ClaimedJob, after_cancel, after_status_check
@@ -127,10 +136,11 @@ class _Batch:
         """Wait for a rate-limit slot, make the call, decide; None when the job went back
         without one."""
         runtime = self.runtime
-        waited = _slot(runtime, job)
-        if waited is None:
+        slot, waited = _slot(runtime, job)
+        if slot is None:
             self._release(job, runtime.limiter.paused_for(), call_left=False)
             return None
+        granted_at = perf_counter()
         assert runtime.client is not None
         client = runtime.client
         started = runtime.clock()
@@ -143,13 +153,13 @@ class _Batch:
         except ProviderError as exc:
             result = exc
         finished = runtime.clock()
+        _follow_window(runtime, slot, granted_at, result)
         if kind is AttemptKind.CANCEL:
-            decision = classify_cancel(result, finished.timestamp())
-            pause = _heed(runtime, decision, result)
+            decision, pause = _heed(runtime, classify_cancel(result, finished.timestamp()), result)
             update = after_cancel(job, decision, runtime.policy, finished, pause, runtime.rng)
         else:
-            decision = classify_status_check(result, finished.timestamp())
-            pause = _heed(runtime, decision, result)
+            checked = classify_status_check(result, finished.timestamp())
+            decision, pause = _heed(runtime, checked, result)
             update = after_status_check(job, decision, runtime.policy, finished, pause)
         record = CallRecord(job, number, kind, started, finished, result, decision, update, waited)
         self.writes.append(record)
@@ -188,17 +198,38 @@ class _Batch:
                 _observe(item, held=item.job.id in held)
 
 
-def _slot(runtime: Runtime, job: ClaimedJob) -> float | None:
-    """Seconds waited for a rate-limit slot, or None when there was none in time (or we are
-    stopping): the job then goes back untouched, no attempt spent."""
-    granted, waited = wait_for_slot(
+def _slot(runtime: Runtime, job: ClaimedJob) -> tuple[Slot | None, float]:
+    """A rate-limit slot and the seconds waited for it; no slot when none came in time (or we
+    are stopping): the job then goes back untouched, no attempt spent."""
+    slot, waited = wait_for_slot(
         runtime.limiter,
         job.lane,
         max_wait_seconds=runtime.settings.rate_limit_wait_seconds,
         stop=runtime.stop,
     )
     metrics.RATE_WAIT.labels(job.lane).observe(waited)
-    return waited if granted else None
+    return slot, waited
+
+
+def _follow_window(runtime: Runtime, slot: Slot, granted_at: float, result: CallResult) -> None:
+    """Keep the fleet's log where the provider's window is: a call that left late moves its
+    stamp; the provider's countdown places each call in its windows."""
+    limiter, configured = runtime.limiter, runtime.settings.rate_limit.calls
+    late = max(0.0, result.left_at - granted_at) if result.left_at is not None else 0.0
+    if late > LATE_SECONDS:
+        limiter.left_late(slot, late)
+    if isinstance(result, Answer):
+        remaining = remaining_calls(result)
+        if remaining is not None:
+            limiter.saw_remaining(slot.stamp_ms + late * 1000, remaining)
+        said = provider_limit(result)
+        if said is not None and said != configured:
+            _say_once(
+                "limit",
+                "the provider counts %d calls a window; FPCANCEL_RATE_LIMIT says %s",
+                said,
+                runtime.settings.rate_limit,
+            )
 
 
 def _observe(record: CallRecord, *, held: bool) -> None:
@@ -239,14 +270,25 @@ def _observe(record: CallRecord, *, held: bool) -> None:
     )
 
 
-def _heed(runtime: Runtime, decision: Decision, result: CallResult) -> float:
-    """Carry out what the call means for the fleet (`fpcancel.pauses`); returns the pause."""
+def _heed(runtime: Runtime, decision: Decision, result: CallResult) -> tuple[Decision, float]:
+    """Carry out what the call means for the fleet (`fpcancel.pauses`); returns the decision
+    (changed when the provider as a whole is away: then no call is the order's fault) and the
+    pause."""
     limiter, settings = runtime.limiter, runtime.settings
+    if provider_trouble(result) and limiter.note_trouble():
+        decision = away_decision(decision)
+        _say_once(
+            "away",
+            "provider unreachable (no call gets through): every worker pauses, one probe call "
+            "every %.0f s; no attempt is spent meanwhile",
+            PROBE_SECONDS,
+            level=logging.ERROR,
+        )
     plan = plan_pause(decision, result)
     if plan.went_through:
         limiter.note_success()
     if plan.reason is None:
-        return 0.0
+        return decision, 0.0
     failures = limiter.note_failure(plan.reason) if plan.grows else 0
     seconds = pause_seconds(
         plan,
@@ -258,12 +300,12 @@ def _heed(runtime: Runtime, decision: Decision, result: CallResult) -> float:
     )
     limiter.pause(plan.reason, seconds)
     if plan.until_window_frees:
-        return 0.0  # the provider's window is spent, but this call went through
+        return decision, 0.0  # the provider's window is spent, but this call went through
     metrics.PAUSES.labels(plan.reason.value).inc()
     status = result.status if isinstance(result, Answer) else "-"
     if plan.reason is PauseReason.RATE_LIMITED:
         log.warning("provider answered 429: every worker pauses calls for %.1f s", seconds)
-    else:
+    elif plan.reason in _FAULTS:
         log.error(
             "%s (HTTP %s, %d in a row): every worker pauses calls for %.1f s; %s",
             _FAULTS[plan.reason],
@@ -272,7 +314,18 @@ def _heed(runtime: Runtime, decision: Decision, result: CallResult) -> float:
             seconds,
             _FIXES[plan.reason],
         )
-    return seconds
+    return decision, seconds
+
+
+_said_at: dict[str, float] = {}
+
+
+def _say_once(topic: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
+    """Log `message` at most once a minute per topic (a fleet-wide condition, not per call)."""
+    now = perf_counter()
+    if now - _said_at.get(topic, -1e9) >= 60:
+        _said_at[topic] = now
+        log.log(level, message, *args)
 
 
 _FAULTS = {

@@ -157,8 +157,10 @@ def after_cancel(
     if decision.final is not None:
         return _finish(decision.final, now, attempts=attempts)
     if decision.block is not None:
-        # Not the order's fault: back to wait out the pause, no attempt spent.
-        return _wait(now, pause_seconds, check=job.needs_status_check, attempts=attempts)
+        # Not the order's fault: back to wait out the pause, no attempt spent (a POST that may
+        # have left is settled by a status check first).
+        check = job.needs_status_check or decision.ambiguous
+        return _wait(now, pause_seconds, check=check, attempts=attempts)
     used = attempts - job.round_start_attempts
     if used >= policy.max_attempts:
         if decision.ambiguous:

@@ -2,7 +2,9 @@
 clock: what a user sees in the job table and what the provider saw."""
 
 import json
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -128,12 +130,8 @@ def test_retry_delays_grow_with_the_attempt_number(
     rt = sqlite_runtime(tmp_path, transport, clock, http_timeout_seconds=0.01, max_attempts=4)
     for _ in range(3):
         transport.requests.clear()
-    transport.script(
-        "ODR1",
-        Reply(0, raise_=ConnectFailed("refused")),
-        Reply(0, raise_=ConnectFailed("refused")),
-        Reply(0, raise_=ConnectFailed("refused")),
-    )
+    timed_out = Reply(408, {"message": "Request Timeout"})
+    transport.script("ODR1", timed_out, timed_out, timed_out)
     job_id = enqueue(rt, "ODR1")
     drive(rt, clock, step=0.1)
     delays = [c.retry_in_ms for c in calls(rt, job_id) if c.retry_in_ms is not None]
@@ -328,3 +326,47 @@ def test_the_feed_keeps_two_seconds_of_budget_in_flight_in_small_messages(
     assert (plan.target, plan.batch) == (target, batch)
     usable = threads - threads // 4
     assert plan.batch / (rate / usable) <= 0.5 or plan.batch == 1
+
+
+def test_a_provider_outage_spends_no_attempt_and_every_job_ends_as_its_answers_say(
+    runtime: Runtime, transport: FakeTransport, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC.md, "Provider-wide trouble": connections refused for ten minutes (of the hand-moved
+    clock), then the provider is back: no job spent an attempt, the fleet only probed now and
+    then, and every job ends as its answers say (a 510 afterwards still counts)."""
+    from fpcancel import tasks
+    from fpcancel.pauses import PROBE_SECONDS
+    from fpcancel.ratelimit import Slot
+
+    def ask_once(limiter: Any, lane: str, **_: Any) -> tuple[Slot | None, float]:
+        granted = limiter.acquire(lane, "thread")  # a thread that would wait gives the job back
+        return (granted if isinstance(granted, Slot) else None), 0.0
+
+    monkeypatch.setattr(tasks, "wait_for_slot", ask_once)
+    down = {"until": clock.now + timedelta(minutes=10)}
+    orders = [f"ODR{i}" for i in range(20)]
+    ids = [enqueue(runtime, order, lane="bulk") for order in orders]
+
+    def refuse_while_down(request: Any) -> Reply | None:
+        return Reply(0, raise_=ConnectFailed("refused")) if clock.now < down["until"] else None
+
+    transport.intercept = refuse_while_down
+    scheduler = Scheduler(runtime, member="test")
+    tries_while_down = 0
+    while clock.now < down["until"]:
+        for job_id, token in pending(runtime):
+            before = len(transport.requests)
+            run_job(runtime, job_id, token)
+            tries_while_down += len(transport.requests) - before
+        clock.advance(1)
+        scheduler.round()
+    minutes = 10
+    assert tries_while_down <= 20 * minutes  # a few probes a minute, not every job over and over
+    assert tries_while_down >= minutes * 60 / PROBE_SECONDS - 2  # but it did probe
+    with runtime.sessions() as s:
+        assert s.scalar(select(func.sum(CancelJob.attempts))) == 0
+    transport.script("ODR5", documented(510))  # after the outage: about the order, and counts
+    drive(runtime, clock, step=1)
+    assert {job(runtime, i).status for i in ids} == {"succeeded"}
+    assert job(runtime, ids[5]).attempts == 2
+    assert sum(job(runtime, i).attempts for i in ids) == 21

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 import fakeredis
 import pytest
 
-from fpcancel.ratelimit import Limiter, LocalLimiter, RedisLimiter, wait_for_slot
+from fpcancel.pauses import AWAY_AFTER_SECONDS, PROBE_SECONDS
+from fpcancel.ratelimit import Limiter, LocalLimiter, RedisLimiter, Slot, wait_for_slot
 from fpcancel.settings import RateLimit
 from fpcancel.statuses import PauseReason
 
@@ -215,6 +216,80 @@ def test_the_same_caller_twice_at_one_instant_counts_twice(make_limiter: MakeLim
     assert waits[:2] == [0, 0] and waits[2] > 0
 
 
+def test_a_call_that_left_late_frees_its_slot_late(make_limiter: MakeLimiter, clock: Clock) -> None:
+    """A window's first call left 300 ms after its grant (a cold connection): the provider's
+    window opened then, so the slot frees 300 ms later than its grant alone would say."""
+    limit = RateLimit(1, 1)
+    limiter = make_limiter(limit)
+    slot = limiter.acquire("bulk", "c")
+    assert isinstance(slot, Slot)
+    limiter.left_late(slot, 0.3)
+    clock.advance(max_wait(limit) - 0.09)  # past the grant's window, not past the send's
+    assert limiter.try_acquire("bulk", "c") > 0
+    clock.advance(0.3)
+    assert limiter.try_acquire("bulk", "c") == 0
+
+
+def test_the_provider_s_countdown_says_when_its_window_ends(
+    make_limiter: MakeLimiter, clock: Clock
+) -> None:
+    """The provider said none remain while our window had room (someone else spends on the
+    token): the fleet waits for the provider's window to end, placed by its countdown, not a
+    whole window from now."""
+    limit = RateLimit(10, 60)
+    limiter = make_limiter(limit)
+    assert limiter.window_full_for() >= 60  # nothing known: a whole window, to be safe
+    slot = limiter.acquire("bulk", "c")
+    assert isinstance(slot, Slot)
+    limiter.saw_remaining(slot.stamp_ms, 9)  # N-1: this call opened the provider's window
+    clock.advance(20)
+    later = limiter.acquire("bulk", "d")
+    assert isinstance(later, Slot)
+    limiter.saw_remaining(later.stamp_ms, 0)  # none left, though our own window has room
+    clock.advance(25)
+    assert 14 < limiter.window_full_for() <= max_wait(limit) - 45
+    clock.advance(20)  # the provider's window has ended: a new one is seen when counts go up
+    third = limiter.acquire("bulk", "e")
+    assert isinstance(third, Slot)
+    limiter.saw_remaining(third.stamp_ms, 9)
+    assert limiter.window_full_for() > 59
+
+
+def test_a_provider_away_pauses_everyone_but_one_probe_at_a_time(
+    make_limiter: MakeLimiter, clock: Clock
+) -> None:
+    """Three calls that found no provider, and none through for a while: every caller waits;
+    one probe goes every PROBE_SECONDS; the first call through ends it."""
+    limiter = make_limiter(RateLimit(100, 1))
+    clock.advance(AWAY_AFTER_SECONDS + 1)
+    assert [limiter.note_trouble() for _ in range(3)] == [False, False, True]
+    assert limiter.paused_for() == pytest.approx(PROBE_SECONDS, abs=0.05)
+    assert limiter.try_acquire("live", "a") > 0
+    clock.advance(PROBE_SECONDS)
+    assert isinstance(limiter.acquire("bulk", "probe"), Slot)  # the probe
+    assert limiter.try_acquire("live", "b") > 0  # and only it
+    assert limiter.note_trouble() is True  # it found nobody: the next in PROBE_SECONDS
+    clock.advance(PROBE_SECONDS)
+    assert isinstance(limiter.acquire("bulk", "probe"), Slot)
+    limiter.note_success()  # it went through: everyone goes on
+    assert limiter.paused_for() == 0
+    assert limiter.try_acquire("live", "b") == 0
+    assert [p.kind for p in limiter.active_pauses()] == []
+
+
+def test_troubles_between_successes_are_not_an_outage(
+    make_limiter: MakeLimiter, clock: Clock
+) -> None:
+    """Calls that fail now and then among calls that go through never pause the fleet."""
+    limiter = make_limiter(RateLimit(100, 1))
+    for _ in range(20):
+        assert limiter.note_trouble() is False
+        clock.advance(0.3)
+        limiter.note_success()
+        clock.advance(0.3)
+    assert limiter.paused_for() == 0
+
+
 # -- what only the fleet's limiter does ---------------------------------------------------------
 
 
@@ -246,9 +321,9 @@ class CountingLimiter(LocalLimiter):
 
     asks = 0
 
-    def try_acquire(self, lane: str, caller: str) -> float:
+    def acquire(self, lane: str, caller: str) -> Slot | float:
         self.asks += 1
-        return super().try_acquire(lane, caller)
+        return super().acquire(lane, caller)
 
 
 def test_wait_for_slot_gives_up_at_once_when_stopping() -> None:
@@ -258,7 +333,7 @@ def test_wait_for_slot_gives_up_at_once_when_stopping() -> None:
     stop = threading.Event()
     stop.set()
     granted, waited = wait_for_slot(limiter, "live", max_wait_seconds=3600, stop=stop)
-    assert granted is False
+    assert granted is None
     assert limiter.asks == 2  # the fill above, then one ask
     assert waited < 3600
 
@@ -267,7 +342,7 @@ def test_wait_for_slot_returns_a_free_slot() -> None:
     """With room in the budget a slot is granted, and it is counted."""
     limiter = LocalLimiter(RateLimit(1, 3600), clock=Clock())
     granted, _ = wait_for_slot(limiter, "bulk", max_wait_seconds=1, stop=threading.Event())
-    assert granted is True
+    assert isinstance(granted, Slot)
     assert limiter.try_acquire("bulk", "next") > 0
 
 
@@ -276,7 +351,7 @@ def test_wait_for_slot_gives_up_after_max_wait() -> None:
     limiter = LocalLimiter(RateLimit(1, 3600), clock=Clock())
     limiter.try_acquire("live", "first")
     granted, _ = wait_for_slot(limiter, "live", max_wait_seconds=0.05, stop=threading.Event())
-    assert granted is False
+    assert granted is None
 
 
 def test_wait_for_slot_is_woken_by_stop() -> None:
@@ -284,7 +359,7 @@ def test_wait_for_slot_is_woken_by_stop() -> None:
     limiter = LocalLimiter(RateLimit(1, 3600), clock=Clock())
     limiter.try_acquire("live", "first")
     stop = threading.Event()
-    result: list[tuple[bool, float]] = []
+    result: list[tuple[Slot | None, float]] = []
     waiter = threading.Thread(
         target=lambda: result.append(
             wait_for_slot(limiter, "live", max_wait_seconds=3600, stop=stop)
@@ -294,4 +369,4 @@ def test_wait_for_slot_is_woken_by_stop() -> None:
     stop.set()
     waiter.join(timeout=10)
     assert not waiter.is_alive()
-    assert result and result[0][0] is False
+    assert result and result[0][0] is None

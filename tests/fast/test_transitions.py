@@ -63,6 +63,9 @@ def order_is(status: str) -> Decision:
 
 SUCCEEDED = classify_cancel(api(202, "cancelledOrderSuccessfully"))
 CONNECT_FAILED = classify_cancel(ConnectFailed("cannot connect: NewConnectionError"))
+# A failure that is retried and counts, and needs no status check: the provider timed the
+# request out before acting on it.
+TIMED_OUT_408 = classify_cancel(api(408, "Request Timeout"))
 ANSWER_LOST = classify_cancel(AnswerLost("read timeout: no answer in time"))
 SERVER_510 = classify_cancel(api(510, "Something Went Wrong"))
 RATE_LIMITED = classify_cancel(api(429, "Too Many Attempts.", {"Retry-After": "7"}))
@@ -131,7 +134,7 @@ def test_terminal_answers_finish_the_job(decision: Decision, status: JobStatus) 
 def test_retry_is_scheduled_within_the_backoff_bound(attempts_before: int) -> None:
     """A retryable failure bumps attempts and sets next_attempt_at = now + a delay within bounds."""
     update = after_cancel(
-        job(attempts=attempts_before), CONNECT_FAILED, POLICY, NOW, rng=fixed(0.999)
+        job(attempts=attempts_before), TIMED_OUT_408, POLICY, NOW, rng=fixed(0.999)
     )
     attempts = attempts_before + 1
     bound = min(900.0, 5.0 * 2 ** (attempts - 1))
@@ -147,7 +150,7 @@ def test_retry_is_scheduled_within_the_backoff_bound(attempts_before: int) -> No
 
 def test_retry_delay_can_be_zero_with_full_jitter() -> None:
     """Full jitter: at rng=0 a non-ambiguous retry is due at once."""
-    update = after_cancel(job(), CONNECT_FAILED, POLICY, NOW, rng=fixed(0.0))
+    update = after_cancel(job(), TIMED_OUT_408, POLICY, NOW, rng=fixed(0.0))
     assert update.values["next_attempt_at"] == NOW
 
 
@@ -180,19 +183,30 @@ def test_ambiguous_failure_keeps_a_longer_backoff() -> None:
 
 def test_the_max_attempts_th_retryable_failure_kills_the_job() -> None:
     """The 8th retryable failure (of 8 allowed) ends the job `dead` with attempts = 8."""
-    update = after_cancel(job(attempts=7), CONNECT_FAILED, POLICY, NOW)
+    update = after_cancel(job(attempts=7), TIMED_OUT_408, POLICY, NOW)
     assert update.status is JobStatus.DEAD
     assert update.final
     assert update.values["attempts"] == 8
     assert update.values["finished_at"] == NOW
 
 
-def test_a_job_that_never_connects_gets_exactly_max_attempts_posts() -> None:
-    """Run to the end: connection failures make exactly FPCANCEL_MAX_ATTEMPTS POSTs, then `dead`."""
+def test_a_job_that_never_connects_spends_no_attempt() -> None:
+    """SPEC.md, "Provider-wide trouble": a connection never made is no POST; a job that meets
+    nothing but refused connections keeps all its attempts, however long it lasts."""
+    j = job()
+    for _ in range(50):
+        update = after_cancel(j, CONNECT_FAILED, POLICY, NOW, rng=fixed(0.3))
+        j = apply(j, update)
+        assert not update.final
+    assert j.attempts == 0
+
+
+def test_a_job_that_times_out_gets_exactly_max_attempts_posts() -> None:
+    """Run to the end: counted failures make exactly FPCANCEL_MAX_ATTEMPTS POSTs, then `dead`."""
     j, posts = job(), 0
     while True:
         posts += 1
-        update = after_cancel(j, CONNECT_FAILED, POLICY, NOW, rng=fixed(0.3))
+        update = after_cancel(j, TIMED_OUT_408, POLICY, NOW, rng=fixed(0.3))
         j = apply(j, update)
         if update.final:
             break
@@ -200,111 +214,12 @@ def test_a_job_that_never_connects_gets_exactly_max_attempts_posts() -> None:
     assert (update.status, posts, j.attempts) == (JobStatus.DEAD, 8, 8)
 
 
-def test_an_ambiguous_last_failure_gets_one_status_check_first() -> None:
-    """The last POST timed out: it may have cancelled, so check the status before it is dead."""
-    update = after_cancel(job(attempts=7), ANSWER_LOST, POLICY, NOW)
-    assert update.status is JobStatus.RETRYING
-    assert not update.final
-    assert update.values["attempts"] == 8
-    assert update.values["needs_status_check"] is True
-    assert update.values["next_attempt_at"] >= NOW + timedelta(seconds=15)
-
-
-def test_status_check_on_an_exhausted_job_finding_the_order_open_kills_it() -> None:
-    """After the last ambiguous POST, an order still `SENT` means the job is `dead`, no 9th POST."""
-    exhausted = apply(job(attempts=7), after_cancel(job(attempts=7), ANSWER_LOST, POLICY, NOW))
-    update = after_status_check(exhausted, ORDER_OPEN, POLICY, NOW)
-    assert update.status is JobStatus.DEAD
-    assert not update.proceed
-    assert update.values["finished_at"] == NOW
-
-
-def test_status_check_on_an_exhausted_job_that_fails_kills_it() -> None:
-    """If the final status check gets no answer either, there is nothing left to try: `dead`."""
-    update = after_status_check(job(attempts=8, needs_check=True), CHECK_FAILED, POLICY, NOW)
-    assert update.status is JobStatus.DEAD
-    assert not update.proceed
-
-
-@pytest.mark.parametrize(
-    ("decision", "status"),
-    [(ORDER_CANCELLED, JobStatus.SUCCEEDED), (ORDER_PAID, JobStatus.ALREADY_PAID)],
-)
-def test_status_check_on_an_exhausted_job_can_still_settle_it(
-    decision: Decision, status: JobStatus
-) -> None:
-    """The last ambiguous POST did cancel (or the order got paid): the job ends in that status."""
-    update = after_status_check(job(attempts=8, needs_check=True), decision, POLICY, NOW)
-    assert update.status is status
-    assert update.values["finished_at"] == NOW
-    assert update.values["needs_status_check"] is False
-
-
-# -- status checks mid-way ----------------------------------------------------------------------
-
-
-def test_status_check_finding_the_order_cancelled_succeeds_without_another_post() -> None:
-    """An ambiguous POST that did cancel ends `succeeded` without spending an attempt."""
-    update = after_status_check(job(attempts=2, needs_check=True), ORDER_CANCELLED, POLICY, NOW)
-    assert update.status is JobStatus.SUCCEEDED
-    assert not update.proceed
-    assert "attempts" not in update.values or update.values["attempts"] == 2
-
-
-@pytest.mark.parametrize("decision", [ORDER_OPEN, CHECK_FAILED], ids=["order-open", "check-failed"])
-def test_status_check_that_settles_nothing_goes_on_to_post(decision: Decision) -> None:
-    """An open order (or no usable answer) with attempts left: carry on to a cancel POST now."""
-    update = after_status_check(job(attempts=3, needs_check=True), decision, POLICY, NOW)
-    assert update.proceed
-    assert update.status is JobStatus.RUNNING
-    assert update.values["needs_status_check"] is False
-
-
-def test_a_blocked_status_check_keeps_the_check_pending() -> None:
-    """A 401 on the status check puts the job back to wait the pause, still owing its check."""
-    update = after_status_check(job(attempts=3, needs_check=True), UNAUTHORIZED, POLICY, NOW, 40.0)
-    assert update.status is JobStatus.RETRYING
-    assert update.values["needs_status_check"] is True
-    assert update.values["next_attempt_at"] == NOW + timedelta(seconds=40)
-    assert "attempts" not in update.values
-
-
-# -- blocks do not count ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "decision", [RATE_LIMITED, UNAUTHORIZED, MISROUTED], ids=["429", "401", "404-html"]
-)
-@pytest.mark.parametrize("needs_check", [False, True])
-def test_blocked_calls_do_not_count_an_attempt(decision: Decision, needs_check: bool) -> None:
-    """A 429, 401/403 or misrouted 404 leaves attempts as they were and waits out the pause."""
-    update = after_cancel(job(attempts=3, needs_check=needs_check), decision, POLICY, NOW, 12.5)
-    assert update.status is JobStatus.RETRYING
-    assert not update.final
-    assert update.values["attempts"] == 3
-    assert update.values["next_attempt_at"] == NOW + timedelta(seconds=12.5)
-    assert update.values["needs_status_check"] is needs_check
-
-
-def test_blocks_on_the_last_attempt_do_not_kill_the_job() -> None:
-    """With one POST left, any number of 401s never makes the job dead or failed."""
-    j = job(attempts=7)
-    for _ in range(20):
-        update = after_cancel(j, UNAUTHORIZED, POLICY, NOW, 60.0)
-        assert update.status is JobStatus.RETRYING
-        j = apply(j, update)
-    assert j.attempts == 7
-
-
-# -- rounds -------------------------------------------------------------------------------------
-
-
 def test_a_retried_dead_job_gets_max_attempts_more_posts() -> None:
     """`jobs retry` on a job dead at 8 attempts gives it 8 more POSTs: dead again at 16, not 9."""
     j, posts = job(attempts=8, round_start=8), 0
     while True:
         posts += 1
-        update = after_cancel(j, CONNECT_FAILED, POLICY, NOW, rng=fixed(0.1))
+        update = after_cancel(j, TIMED_OUT_408, POLICY, NOW, rng=fixed(0.1))
         j = apply(j, update)
         if update.final:
             break
@@ -315,7 +230,7 @@ def test_a_retried_dead_job_gets_max_attempts_more_posts() -> None:
 def test_a_retried_job_backs_off_from_the_start_again() -> None:
     """The first retry of a new round waits like a first retry, not like the 9th."""
     update = after_cancel(
-        job(attempts=8, round_start=8), CONNECT_FAILED, POLICY, NOW, rng=fixed(0.999)
+        job(attempts=8, round_start=8), TIMED_OUT_408, POLICY, NOW, rng=fixed(0.999)
     )
     assert update.status is JobStatus.RETRYING
     assert update.values["attempts"] == 9
@@ -461,10 +376,11 @@ def plan_seconds(decision: Decision, result: Answer, failures: int = 1) -> tuple
 
 
 def test_the_fleet_pause_for_each_kind_of_answer() -> None:
-    """429 waits Retry-After; a refused token, a wrong URL or an unbuildable request double from
-    the retry base; remaining 0 waits for the fleet's own window; anything else, no pause."""
+    """429 waits Retry-After and a second (Laravel's whole seconds can be a second short); a
+    refused token, a wrong URL or an unbuildable request double from the retry base; remaining
+    0 waits for the provider's window to end; anything else, no pause."""
     answer_429 = api(429, "Too Many Attempts.", {"Retry-After": "7"})
-    assert plan_seconds(RATE_LIMITED, answer_429) == (PauseReason.RATE_LIMITED, 7)
+    assert plan_seconds(RATE_LIMITED, answer_429) == (PauseReason.RATE_LIMITED, 8)
     bare_429 = api(429, "Too Many Attempts.")
     assert plan_seconds(classify_cancel(bare_429), bare_429) == (PauseReason.RATE_LIMITED, 60)
     answer_401 = api(401, "Unauthenticated.")
