@@ -141,7 +141,8 @@ def report(
         )
         last_finished = c.execute(select(func.max(CancelJob.finished_at))).scalar_one()
     in_outage = [a for a in attempts if down <= a.started_at < up]
-    minutes = max(1, math.ceil((up_at - down_at) / 60))
+    # Whole minutes of outage (a few ms over a minute make no bucket of their own).
+    minutes = max(1, math.ceil((up_at - down_at) / 60 - 0.01))
     per_minute = Counter(int((a.started_at - down).total_seconds() // 60) for a in in_outage)
     counted = Counter(a.job_id for a in attempts if a.kind == "cancel" and a.counted)
     spent = sum(max(0, n - 1) for n in counted.values())
