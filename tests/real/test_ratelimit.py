@@ -72,3 +72,91 @@ def test_a_token_refused_mid_run_ends_no_job_and_all_finish_once_it_works(
         assert set(statuses(sessions).values()) == {"succeeded"}
         for order in set(orders) - succeeded_before:
             assert sum(1 for a in attempts_of(sessions, order) if a.counted) == 1, order
+
+
+def test_three_workers_in_laravel_windows_draw_no_429_and_never_pass_the_limit(
+    database_url: str, broker_url: str, sessions: Any, start_worker: Any
+) -> None:
+    """3 workers x 8 threads at 10/1 against a sandbox that counts as Laravel does (a fixed
+    window opened by the first call): no 429, never more than 10 calls in any second."""
+    from fpcancel.sandbox import admitted_arrivals, max_calls_in_window
+
+    with SandboxServer(token=TOKEN, rate_limit=(10, 1.0), rate_mode="laravel") as sandbox:
+        env = base_env(database_url, broker_url, sandbox, FPCANCEL_RATE_LIMIT="10/1")
+        for _ in range(3):
+            start_worker(env, concurrency=8)
+        enqueue_orders(env, [f"ODR83{i:04d}" for i in range(80)])
+        wait_until(lambda: all_terminal(sessions), 90, "every job terminal")
+        assert set(statuses(sessions).values()) == {"succeeded"}
+        calls = sandbox.calls()
+        assert [c for c in calls if c["status"] == 429] == []
+        assert max_calls_in_window(admitted_arrivals(calls), 1.0) <= 10
+
+
+def test_one_thread_drains_a_bulk_at_the_limit(
+    database_url: str, broker_url: str, sessions: Any, start_worker: Any
+) -> None:
+    """One worker with one thread, 4 calls a second, answers taking 30 ms: every one of the
+    provider's windows but the last is full (4 calls), none has more, no 429."""
+    from fpcancel.sandbox import admitted_arrivals, fixed_windows
+
+    with SandboxServer(
+        token=TOKEN, rate_limit=(4, 1.0), rate_mode="laravel", answer_delay_seconds=0.03
+    ) as sandbox:
+        env = base_env(database_url, broker_url, sandbox, FPCANCEL_RATE_LIMIT="4/1")
+        start_worker(env, concurrency=1)
+        enqueue_orders(env, [f"ODR84{i:04d}" for i in range(40)])
+        wait_until(lambda: all_terminal(sessions), 90, "every job terminal")
+        assert set(statuses(sessions).values()) == {"succeeded"}
+        calls = sandbox.calls(kind="cancel")
+        assert [c for c in calls if c["status"] == 429] == []
+        windows = [count for _, count in fixed_windows(admitted_arrivals(calls), 1.0)]
+        assert max(windows) <= 4
+        assert windows[:-1] == [4] * (len(windows) - 1), windows
+
+
+def test_the_provider_away_mid_run_spends_no_attempt_and_every_job_succeeds(
+    database_url: str, broker_url: str, sessions: Any, start_worker: Any
+) -> None:
+    """The provider's port closes mid-run for 20 s, then it is back on the same port: every job
+    ends `succeeded` with exactly one counted POST, and while it was away the fleet only
+    probed (one call every 15 s), not every waiting job over and over."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import func, select
+
+    from fpcancel.models.tables import CancelAttempt
+
+    first = SandboxServer(token=TOKEN, rate_limit=None).start()
+    port = first.port
+    env = base_env(database_url, broker_url, first, FPCANCEL_RATE_LIMIT="20/1")
+    start_worker(env, concurrency=4)
+    orders = [f"ODR85{i:04d}" for i in range(200)]
+    enqueue_orders(env, orders)
+    wait_until(lambda: len(first.calls(kind="cancel")) >= 20, 60, "the first cancels")
+    first.stop()
+    down_at = datetime.now(UTC)
+    import time
+
+    time.sleep(20)
+    with sessions() as s:
+        # Once the fleet has taken the provider as away (3 calls found nobody and none got
+        # through for 2 s), only probes: from 5 s into the outage, one every 15 s.
+        settled = down_at + timedelta(seconds=5)
+        tries_while_away = s.scalar(
+            select(func.count())
+            .select_from(CancelAttempt)
+            .where(CancelAttempt.started_at > settled)
+        )
+    second = SandboxServer(port=port, token=TOKEN, rate_limit=None).start()
+    try:
+        wait_until(lambda: all_terminal(sessions), 120, "every job terminal after the outage")
+    finally:
+        second.stop()
+    assert set(statuses(sessions).values()) == {"succeeded"}
+    with sessions() as s:
+        counted = s.scalar(
+            select(func.count()).select_from(CancelAttempt).where(CancelAttempt.counted)
+        )
+    assert counted == len(orders)  # one POST each: the outage spent none
+    assert 1 <= tries_while_away <= 3  # the probes: one every 15 s (one may be a job's retry)
