@@ -13,7 +13,8 @@ from fpcancel.statuses import LANES
 from fpcancel.textsafe import trim
 
 ORDER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-SOURCE_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# A label ops read in logs and filters: a job's source, an API key's name.
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 NOTE_MAX_CHARS = 1000
 # Control characters a note may not hold: C0 but tab and line breaks, DEL and C1. NUL is among
 # them (PostgreSQL's text cannot store it); the rest are no part of any cancellation reason.
@@ -76,7 +77,7 @@ def clean_source(value: object, field: str = "source") -> str | None:
         return None
     if not isinstance(value, str):
         raise ValidationError(field, "must be a string")
-    if not SOURCE_PATTERN.fullmatch(value):
+    if not LABEL_PATTERN.fullmatch(value):
         raise ValidationError(
             field, f"{_shown(value)} must be 1-64 of letters, digits, '_', '-', '.' and ':'"
         )

@@ -137,6 +137,16 @@ def pass_cli(func: Callable[Concatenate[CliContext, P], R]) -> Callable[P, R]:
     return update_wrapper(wrapper, func)
 
 
+# Every long-running command logs as text or as one JSON object per line.
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line.",
+)
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 

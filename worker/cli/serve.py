@@ -2,7 +2,7 @@
 
 import click
 
-from fpcancel.cli.context import CliContext, pass_cli, say
+from fpcancel.cli.context import CliContext, log_format_option, pass_cli, say
 
 
 @click.command()
@@ -13,13 +13,7 @@ from fpcancel.cli.context import CliContext, pass_cli, say
     help="Address to listen on; 0.0.0.0 for every interface (behind a TLS proxy).",
 )
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: one JSON object per line.",
-)
+@log_format_option
 @click.option(
     "--forwarded-allow-ips",
     default="127.0.0.1",

@@ -2,7 +2,7 @@
 
 import click
 
-from fpcancel.cli.context import CliContext, pass_cli
+from fpcancel.cli.context import CliContext, log_format_option, pass_cli
 
 
 @click.command()
@@ -19,13 +19,7 @@ from fpcancel.cli.context import CliContext, pass_cli
     default="INFO",
     show_default=True,
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: one JSON object per line.",
-)
+@log_format_option
 @click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),

@@ -14,6 +14,7 @@ Every form that changes something is a POST carrying the session's CSRF token; t
 are GETs that change nothing and carry none (a token in a URL would leak into logs).
 """
 
+import hmac
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -94,14 +95,21 @@ def _form_text(form: Any, name: str) -> str | None:
 
 @router.get("/signin")
 def signin_page(request: Request, next: str | None = None, message: str | None = None) -> Response:
-    secret = services_of(request).secret
+    return _signin_form(request, _safe_next(next), message)
+
+
+def _signin_form(
+    request: Request, next_path: str, message: str | None, status: int = 200
+) -> Response:
+    """The sign-in page with a fresh CSRF nonce in its own short-lived cookie."""
     nonce = signin_nonce()
     response = render(
         request,
         "signin.html",
         None,
-        token=signin_token(secret, nonce),
-        next=_safe_next(next),
+        status=status,
+        token=signin_token(services_of(request).secret, nonce),
+        next=next_path,
         message=message,
     )
     response.set_cookie(
@@ -123,8 +131,6 @@ async def signin(request: Request) -> Response:
     next_path = _safe_next(_form_text(form, "next"))
     nonce = request.cookies.get(SIGNIN_COOKIE, "")
     token = _form_text(form, CSRF_FIELD) or ""
-    import hmac
-
     if not nonce or not hmac.compare_digest(token, signin_token(services.secret, nonce)):
         raise ApiError(
             403,
@@ -134,34 +140,12 @@ async def signin(request: Request) -> Response:
     presented = (_form_text(form, "key") or "").strip()
     checker: KeyChecker = request.app.state.key_checker
     key = await run_in_threadpool(checker.find, presented) if presented else None
-
-    def again(status: int, message: str) -> Response:
-        new_nonce = signin_nonce()
-        response = render(
-            request,
-            "signin.html",
-            None,
-            status=status,
-            token=signin_token(services.secret, new_nonce),
-            next=next_path,
-            message=message,
-        )
-        response.set_cookie(
-            SIGNIN_COOKIE,
-            new_nonce,
-            max_age=SIGNIN_SECONDS,
-            httponly=True,
-            samesite="strict",
-            secure=is_https(request),
-            path="/signin",
-        )
-        return response
-
     if key is None:
-        return again(401, "That key is unknown or revoked.")
+        return _signin_form(request, next_path, "That key is unknown or revoked.", 401)
     request.state.key_name = key.name
     if not key.allows(ApiScope.OPS):
-        return again(403, f"Key {key.name} has scope {key.scope}; the dashboard needs an ops key.")
+        message = f"Key {key.name} has scope {key.scope}; the dashboard needs an ops key."
+        return _signin_form(request, next_path, message, 403)
     response = RedirectResponse(next_path, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,

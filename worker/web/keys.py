@@ -27,11 +27,11 @@ from fpcancel.errors import BadInput, JobStateError, ValidationError
 from fpcancel.models.tables import ApiKey
 from fpcancel.statuses import API_SCOPES, ApiScope
 from fpcancel.times import iso
+from fpcancel.validation import LABEL_PATTERN
 
 KEY_START = "fpk_"
 PREFIX_CHARS = 12  # "fpk_" and 8 characters: enough to find the row, far too few to guess it
 _KEY = re.compile(r"fpk_[A-Za-z0-9_-]{43}")
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class UnknownKeyError(BadInput):
@@ -94,7 +94,7 @@ def key_hash(key: str) -> str:
 
 def clean_key_name(value: object, field: str = "--name") -> str:
     """A key's name, as the logs show it: 1-64 of A-Z a-z 0-9 _ - . :"""
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+    if not isinstance(value, str) or not LABEL_PATTERN.fullmatch(value):
         raise ValidationError(field, "must be 1-64 of letters, digits, '_', '-', '.' and ':'")
     return value
 
