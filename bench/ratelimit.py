@@ -45,8 +45,8 @@ What is printed per run, from the sandbox's log of arrival times:
   (sum of rate_wait_ms + duration_ms of the span's attempts / (threads x span)); the rest is
   threads idle, or in the database and Celery.
 - lag: for each job's first cancel POST, its arrival at the sandbox minus the moment its worker
-  had its rate-limit slot (`started_at`), p50 / p99 / max: what the limiter's margin (0.5 % of W
-  + 25 ms) must cover, or a window opens late at the provider.
+  had its rate-limit slot (`started_at`), p50 / p99 / max: what the limiter's margin (0.2 % of W
+  + 10 ms) must cover, or a window opens late at the provider.
 - load: the machine's mean 1-minute load average over the span (the fleet's own included), to
   tell a run disturbed by other work.
 """

@@ -6,6 +6,14 @@ own clock so that hosts' clocks do not matter, and grants or refuses a call in o
 window is W plus a small margin (0.2 % + 10 ms) for the jitter between a call leaving and its
 arrival at the provider.
 
+Pace: the fleet's calls are spread evenly, one every W/N (with the margin), never in bursts of
+N. A grant may come at most half a pace before its place (`PACE_EARLY`), so a thread that wakes
+a little late loses nothing, and a call after an idle spell goes at once. A burst of N calls
+at the start of every window would reach the provider together and be queued there: those
+queued last arrive late, and a late arrival lands among the next window's calls. Spread, each
+call arrives alone, and the next window's first call follows the last one by a whole pace.
+Throughput is the same: N calls every W.
+
 Following the provider's window (Laravel's: a fixed window that opens at the first call arriving
 after the last one ended, `frontpayment-api.md`):
 
@@ -49,6 +57,8 @@ LIVE_WAITER_TTL_MS = 3000
 ASK_AGAIN_SECONDS = 1.0
 # A call that leaves more than this after its grant has its stamp moved (one more round trip).
 LATE_SECONDS = 0.002
+# A call may be granted this share of a pace before its place in the pace.
+PACE_EARLY = 0.5
 # Successes are told to Redis at most this often per process: they only restart counts.
 SUCCESS_NOTE_SECONDS = 0.5
 PAUSE_KINDS = ("rate", "setup", "away")
@@ -67,6 +77,11 @@ def window_with_margin_ms(limit: RateLimit) -> int:
     provider (calls that leave late are re-stamped, so this covers the network alone); costs
     1.2 % of the budget at 10/1 s and 0.2 % at 240/60."""
     return int(limit.per_seconds * 1000 * 1.002) + 10
+
+
+def pace_ms(limit: RateLimit) -> float:
+    """The fleet's calls are this far apart: the window (with its margin) over N."""
+    return window_with_margin_ms(limit) / limit.calls
 
 
 @dataclass(frozen=True)
@@ -135,8 +150,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: calls, pause:rate, pause:setup, live waiters, pause:away, away flag
-# ARGV: limit, window ms, lane, caller, waiter ttl ms, nonce, probe ms
+# KEYS: calls, pause:rate, pause:setup, live waiters, pause:away, away flag, next call's place
+# ARGV: limit, window ms, lane, caller, waiter ttl ms, nonce, probe ms, pace ms, early ms
 # Returns {wait ms, stamp ms}: wait 0 and the stamp when granted.
 _ACQUIRE = (
     _NOW
@@ -148,6 +163,8 @@ local caller = ARGV[4]
 local waiter_ttl = tonumber(ARGV[5])
 local nonce = ARGV[6]
 local probe = tonumber(ARGV[7])
+local pace = tonumber(ARGV[8])
+local early = tonumber(ARGV[9])
 local paused = 0
 for _, key in ipairs({KEYS[2], KEYS[3], KEYS[5]}) do
   local untill = tonumber(redis.call('GET', key) or '0')
@@ -157,14 +174,20 @@ if paused > 0 then return {paused, 0} end
 local away = redis.call('GET', KEYS[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-if lane ~= 'live' and redis.call('ZCARD', KEYS[4]) > 0 and not away then
+local place = tonumber(redis.call('GET', KEYS[7]) or '0')
+local wait = math.max(0, place - early - now)
+if redis.call('ZCARD', KEYS[1]) >= limit then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if oldest[2] then return {math.max(1, tonumber(oldest[2]) + window - now), 0} end
-  return {20, 0}
+  wait = math.max(wait, tonumber(oldest[2]) + window - now)
 end
-if redis.call('ZCARD', KEYS[1]) < limit then
+if lane ~= 'live' and redis.call('ZCARD', KEYS[4]) > 0 and not away then
+  -- A customer waits for the next call: bulk asks again after it.
+  return {math.max(1, math.ceil(wait + pace)), 0}
+end
+if wait <= 0 then
   redis.call('ZADD', KEYS[1], now, nonce)
   redis.call('PEXPIRE', KEYS[1], window * 2)
+  redis.call('SET', KEYS[7], math.max(place, now) + pace, 'PX', window * 2)
   redis.call('ZREM', KEYS[4], caller)
   if away then
     -- The provider is away: this call is the probe; the next may go in `probe` ms.
@@ -172,10 +195,9 @@ if redis.call('ZCARD', KEYS[1]) < limit then
   end
   return {0, now}
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local wait = math.max(1, tonumber(oldest[2]) + window - now)
+wait = math.max(1, math.ceil(wait))
 if lane == 'live' then
-  -- Held until the slot it waits for has freed, and a little after, so it keeps its place.
+  -- Held until the call it waits for may go, and a little after, so it keeps its place.
   redis.call('ZADD', KEYS[4], now + wait + waiter_ttl, caller)
   redis.call('PEXPIRE', KEYS[4], wait + waiter_ttl)
 end
@@ -295,8 +317,10 @@ class RedisLimiter:
         self._redis = redis
         self._limit = limit
         self._window_ms = window_with_margin_ms(limit)
+        self._pace_ms = pace_ms(limit)
         base = f"{PREFIX}{namespace}:"
         self._calls_key = base + "calls"
+        self._place_key = base + "next-place"
         self._waiters_key = base + "live-waiters"
         self._pause_prefix = base + "pause:"
         self._failures_key = base + "failures:"
@@ -323,6 +347,7 @@ class RedisLimiter:
             self._waiters_key,
             self._pause_prefix + "away",
             self._away_key,
+            self._place_key,
         ]
         nonce = uuid.uuid4().hex
         args: list[str | int] = [
@@ -333,6 +358,8 @@ class RedisLimiter:
             LIVE_WAITER_TTL_MS,
             nonce,
             int(PROBE_SECONDS * 1000),
+            repr(self._pace_ms),
+            repr(self._pace_ms * PACE_EARLY),
         ]
         wait_ms, stamp_ms = self._acquire(keys=keys, args=args)
         if int(wait_ms) > 0:
@@ -421,11 +448,18 @@ class RedisLimiter:
 
 
 class LocalLimiter:
-    """The same promise inside one process, for the embedded demo (memory broker, no Redis)."""
+    """The same promise inside one process, for the embedded demo (memory broker, no Redis).
 
-    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+    `paced=False` grants calls in bursts (at most N in any W still): for a clock that only a
+    test moves, where a pace would never pass."""
+
+    def __init__(
+        self, limit: RateLimit, clock: Callable[[], float] = time.monotonic, *, paced: bool = True
+    ) -> None:
         self._limit = limit
         self._window = window_with_margin_ms(limit) / 1000
+        self._pace = pace_ms(limit) / 1000 if paced else 0.0
+        self._place = 0.0  # where the next call goes in the pace
         self._clock = clock
         self._lock = threading.Lock()
         self._calls: dict[str, float] = {}  # member -> stamp (seconds)
@@ -451,18 +485,20 @@ class LocalLimiter:
                 return paused
             self._prune(now)
             self._live_waiters = {c: t for c, t in self._live_waiters.items() if t > now}
-            oldest = min(self._calls.values(), default=None)
-            next_free = (oldest + self._window - now) if oldest is not None else 0.02
+            wait = max(0.0, self._place - self._pace * PACE_EARLY - now)
+            if len(self._calls) >= self._limit.calls:
+                wait = max(wait, min(self._calls.values()) + self._window - now)
             if lane != "live" and self._live_waiters and not self._away:
-                return max(0.001, next_free)
-            if len(self._calls) < self._limit.calls:
+                return max(0.001, wait + self._pace)  # a customer goes first
+            if wait <= 0:
                 member = uuid.uuid4().hex
                 self._calls[member] = now
+                self._place = max(self._place, now) + self._pace
                 self._live_waiters.pop(caller, None)
                 if self._away:
                     self._paused_until["away"] = now + PROBE_SECONDS  # this call is the probe
                 return Slot(member, now * 1000)
-            wait = max(0.001, next_free)
+            wait = max(0.001, wait)
             if lane == "live":
                 self._live_waiters[caller] = now + wait + LIVE_WAITER_TTL_MS / 1000
             return wait

@@ -1,4 +1,5 @@
-"""The shared call budget (SPEC.md, "Rate and lanes"): N calls in any W s, live before bulk.
+"""The shared call budget (SPEC.md, "Rate and lanes"): N calls in any W s, spread evenly, live
+before bulk.
 
 One contract, run against both limiters: `LocalLimiter` (one process, the demo) and
 `RedisLimiter` (the fleet, on fakeredis with its Lua scripts), each on a clock the test moves by
@@ -10,12 +11,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 
 import fakeredis
 import pytest
 
 from fpcancel.pauses import AWAY_AFTER_SECONDS, PROBE_SECONDS
-from fpcancel.ratelimit import Limiter, LocalLimiter, RedisLimiter, Slot, wait_for_slot
+from fpcancel.ratelimit import (
+    PACE_EARLY,
+    Limiter,
+    LocalLimiter,
+    RedisLimiter,
+    Slot,
+    pace_ms,
+    wait_for_slot,
+)
 from fpcancel.settings import RateLimit
 from fpcancel.statuses import PauseReason
 
@@ -46,6 +56,26 @@ class Clock:
 MakeLimiter = Callable[[RateLimit], Limiter]
 
 
+def grant(limiter: Limiter, clock: Clock, lane: str = "bulk", caller: str = "c") -> Slot:
+    """Ask until granted, waiting (on the hand clock) as long as each answer says."""
+    for _ in range(100):
+        got = limiter.acquire(lane, caller)
+        if isinstance(got, Slot):
+            return got
+        assert got > 0
+        clock.advance(got)
+    raise AssertionError("never granted")
+
+
+def grant_times(limiter: Limiter, clock: Clock, calls: int) -> list[float]:
+    """When each of `calls` calls in a row was granted, each asked as soon as allowed."""
+    times = []
+    for _ in range(calls):
+        grant(limiter, clock)
+        times.append(clock())
+    return times
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -72,29 +102,67 @@ def make_limiter(request: pytest.FixtureRequest, clock: Clock) -> MakeLimiter:
 # -- the contract, for both limiters ------------------------------------------------------------
 
 
-def test_grants_at_most_n_in_a_window(make_limiter: MakeLimiter) -> None:
-    """Of 10 immediate asks against 4/60, only 4 are granted; the rest wait 0 < wait ≤ W."""
+def test_grants_at_most_n_in_a_window(make_limiter: MakeLimiter, clock: Clock) -> None:
+    """Callers asking as soon as they may: never more than 4 grants in any 60 s against 4/60,
+    and the fifth no later than a window (with its margin) after the first."""
     limit = RateLimit(4, 60)
+    times = grant_times(make_limiter(limit), clock, 12)
+    for first, fifth in zip(times, times[4:], strict=False):
+        assert limit.per_seconds <= fifth - first <= max_wait(limit)
+
+
+def test_calls_are_spread_evenly_not_sent_in_bursts(
+    make_limiter: MakeLimiter, clock: Clock
+) -> None:
+    """Ten callers asking at once against 10/1 s: one goes now, the others one pace apart
+    (W/N with the margin), so the provider never gets a window's calls together; a full
+    window's worth still takes one window."""
+    limit = RateLimit(10, 1)
     limiter = make_limiter(limit)
-    waits = [limiter.try_acquire("live", f"c{i}") for i in range(10)]
-    assert waits[:4] == [0, 0, 0, 0]
-    assert all(0 < w <= max_wait(limit) for w in waits[4:])
+    pace = pace_ms(limit) / 1000
+    assert limiter.try_acquire("bulk", "a") == 0
+    assert 0 < limiter.try_acquire("bulk", "b") <= pace * PACE_EARLY + 0.001
+    times = grant_times(limiter, clock, 30)
+    gaps = [b - a for a, b in pairwise(times)]
+    assert min(gaps) >= pace * (1 - PACE_EARLY) - 0.001
+    assert times[20] - times[10] == pytest.approx(10 * pace, abs=0.002)
+
+
+def test_a_caller_a_little_late_loses_no_place(make_limiter: MakeLimiter, clock: Clock) -> None:
+    """Calls have places one pace apart and may go half a pace early. A thread that wakes a
+    little after that still goes, and the next call keeps its place: lateness does not add up
+    into a slower pace."""
+    limit = RateLimit(10, 1)
+    limiter = make_limiter(limit)
+    pace = pace_ms(limit) / 1000
+    times = grant_times(limiter, clock, 3)  # places 0, 1, 2 paces; granted at 0, 0.5, 1.5
+    assert times[2] - times[0] == pytest.approx(1.5 * pace, abs=0.002)
+    clock.advance(1.3 * pace)  # the fourth's place is 3 paces: it may go from 2.5; it asks at 2.8
+    assert limiter.try_acquire("bulk", "late") == 0
+    following = grant_times(limiter, clock, 1)[0]
+    assert following - times[0] == pytest.approx(3.5 * pace, abs=0.002)  # place 4, half early
+
+
+def test_a_call_after_a_quiet_spell_goes_at_once(make_limiter: MakeLimiter, clock: Clock) -> None:
+    """The pace holds calls apart; it does not hold a customer back after a quiet minute."""
+    limiter = make_limiter(RateLimit(4, 60))
+    grant_times(limiter, clock, 2)
+    clock.advance(61)
+    assert limiter.try_acquire("live", "customer") == 0
 
 
 def test_grants_resume_once_the_wait_has_passed(make_limiter: MakeLimiter, clock: Clock) -> None:
     """After the returned wait, the next call is granted (and not a moment before)."""
     limit = RateLimit(3, 10)
     limiter = make_limiter(limit)
-    for i in range(3):
-        assert limiter.try_acquire("live", f"c{i}") == 0
-        clock.advance(1)
+    grant_times(limiter, clock, 3)
     wait = limiter.try_acquire("live", "late")
     assert 0 < wait <= max_wait(limit)
     clock.advance(wait - 0.01)
     assert limiter.try_acquire("live", "late") > 0
     clock.advance(0.02)
     assert limiter.try_acquire("live", "late") == 0
-    assert limiter.try_acquire("live", "later") > 0  # only the oldest slot has freed
+    assert limiter.try_acquire("live", "later") > 0  # the next call's place is a pace away
 
 
 def test_never_exceeds_n_in_any_window_over_a_long_run(
@@ -117,15 +185,15 @@ def test_never_exceeds_n_in_any_window_over_a_long_run(
 def test_bulk_is_refused_while_a_live_caller_waits(make_limiter: MakeLimiter, clock: Clock) -> None:
     """A customer waiting for a slot holds bulk back, and takes the next free slot itself."""
     limiter = make_limiter(RateLimit(2, 2))
-    assert limiter.try_acquire("bulk", "b1") == 0
-    assert limiter.try_acquire("bulk", "b2") == 0
+    grant(limiter, clock, "bulk", "b1")
+    grant(limiter, clock, "bulk", "b2")
     live_wait = limiter.try_acquire("live", "customer")
     assert live_wait > 0
     assert limiter.try_acquire("bulk", "b3") > 0
     clock.advance(live_wait)
     assert limiter.try_acquire("bulk", "b3") > 0, "bulk took the slot a customer was waiting for"
     assert limiter.try_acquire("live", "customer") == 0
-    assert limiter.try_acquire("bulk", "b3") == 0  # with no customer waiting, bulk goes on
+    grant(limiter, clock, "bulk", "b3")  # with no customer waiting, bulk goes on
 
 
 def test_live_keeps_its_place_through_a_wait_longer_than_3_seconds(
@@ -133,14 +201,14 @@ def test_live_keeps_its_place_through_a_wait_longer_than_3_seconds(
 ) -> None:
     """A customer told to wait 10 s and coming back then still gets the slot ahead of bulk."""
     limiter = make_limiter(RateLimit(2, 10))
-    assert limiter.try_acquire("bulk", "b1") == 0
-    assert limiter.try_acquire("bulk", "b2") == 0
+    grant(limiter, clock, "bulk", "b1")
+    grant(limiter, clock, "bulk", "b2")
     live_wait = limiter.try_acquire("live", "customer")
     assert live_wait > 0
     clock.advance(live_wait)
     assert limiter.try_acquire("bulk", "b3") > 0, "bulk took the slot a customer was waiting for"
     assert limiter.try_acquire("live", "customer") == 0
-    assert limiter.try_acquire("bulk", "b3") == 0
+    grant(limiter, clock, "bulk", "b3")
 
 
 def test_bulk_is_not_held_back_by_a_waiter_that_went_away(
@@ -209,11 +277,18 @@ def test_window_full_for(make_limiter: MakeLimiter, clock: Clock) -> None:
     assert limit.per_seconds - 4 <= limiter.window_full_for() <= max_wait(limit) - 4
 
 
-def test_the_same_caller_twice_at_one_instant_counts_twice(make_limiter: MakeLimiter) -> None:
+def test_the_same_caller_twice_at_one_instant_counts_twice(
+    make_limiter: MakeLimiter, clock: Clock
+) -> None:
     """Every grant is counted, even two to the same caller within one (Redis) millisecond."""
-    limiter = make_limiter(RateLimit(2, 60))
-    waits = [limiter.try_acquire("live", "worker-1") for _ in range(3)]
-    assert waits[:2] == [0, 0] and waits[2] > 0
+    limit = RateLimit(2, 60)
+    limiter = make_limiter(limit)
+    early = pace_ms(limit) / 1000 * PACE_EARLY + 0.002  # Redis's clock counts whole ms
+    assert limiter.try_acquire("live", "worker-1") == 0
+    clock.advance(early)
+    assert limiter.try_acquire("live", "worker-1") == 0
+    clock.advance(2 * early)
+    assert limiter.try_acquire("live", "worker-1") > 0  # its place has come; the window is full
 
 
 def test_a_call_that_left_late_frees_its_slot_late(make_limiter: MakeLimiter, clock: Clock) -> None:
@@ -273,7 +348,7 @@ def test_a_provider_away_pauses_everyone_but_one_probe_at_a_time(
     assert isinstance(limiter.acquire("bulk", "probe"), Slot)
     limiter.note_success()  # it went through: everyone goes on
     assert limiter.paused_for() == 0
-    assert limiter.try_acquire("live", "b") == 0
+    grant(limiter, clock, "live", "b")
     assert [p.kind for p in limiter.active_pauses()] == []
 
 
@@ -293,12 +368,18 @@ def test_troubles_between_successes_are_not_an_outage(
 # -- what only the fleet's limiter does ---------------------------------------------------------
 
 
-def test_the_budget_is_shared_by_every_worker(redis: fakeredis.FakeRedis) -> None:
-    """Two limiters (two worker hosts) on the same Redis share one budget, and one pause."""
+def test_the_budget_is_shared_by_every_worker(redis: fakeredis.FakeRedis, clock: Clock) -> None:
+    """Two limiters (two worker hosts) on the same Redis share one budget, one pace and one
+    pause."""
     limit = RateLimit(3, 60)
     a, b = RedisLimiter(redis, limit), RedisLimiter(redis, limit)
-    granted = [lim.try_acquire("bulk", f"c{i}") == 0 for i, lim in enumerate([a, b, a, b, a, b])]
-    assert granted.count(True) == 3
+    assert a.try_acquire("bulk", "a") == 0
+    assert b.try_acquire("bulk", "b") > 0  # a pace after a's call
+    times = [clock()]
+    for lim in [b, a, b]:
+        grant(lim, clock)
+        times.append(clock())
+    assert times[3] - times[0] >= limit.per_seconds  # the fourth waited for the first to leave
     a.pause(PauseReason.RATE_LIMITED, 30)
     assert 29 < b.paused_for() <= 30
     assert a.note_failure(PauseReason.UNAUTHORIZED) == 1
