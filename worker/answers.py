@@ -26,7 +26,7 @@ class Answer:
     text: str  # the raw body, trimmed
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names, the ones kept
     duration_ms: int = 0
-    left_at: float | None = None  # perf_counter() when the request left (after any connect)
+    left_at: float | None = None  # perf_counter() when the request's bytes were written
 
     @property
     def message(self) -> str | None:

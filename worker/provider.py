@@ -48,20 +48,22 @@ KEPT_HEADERS = (
 )
 
 
-# When this thread's request left: set as the request is handed over, and again once a new
-# connection is made (its handshake delays the request): the limiter re-stamps a late call.
+# When this thread's request left: set as the request is handed over, and again each time its
+# bytes are written to the socket, so whatever held the request up on its way out (a new
+# connection's handshake, a garbage collection, a thread that waited for the interpreter) shows
+# as lateness: the limiter re-stamps a late call.
 _LEFT = threading.local()
 
 
 class _TimedHTTPConnection(HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
+    def send(self, data: Any) -> None:
+        super().send(data)
         _LEFT.at = perf_counter()
 
 
 class _TimedHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
+    def send(self, data: Any) -> None:
+        super().send(data)
         _LEFT.at = perf_counter()
 
 

@@ -17,9 +17,10 @@ Throughput is the same: N calls every W.
 Following the provider's window (Laravel's: a fixed window that opens at the first call arriving
 after the last one ended, `frontpayment-api.md`):
 
-- A call that leaves late (a cold connection's handshake, a thread descheduled after its grant)
-  moves its stamp to when it really left (`left_late`): the window it may open at the provider
-  opens late, and ours follows, so the next window's calls never land in it.
+- A call that leaves late (a cold connection's handshake, a thread descheduled or a garbage
+  collection between asking for its slot and its bytes reaching the socket) moves its stamp to
+  when it really left (`left_late`): the window it may open at the provider opens late, and
+  ours follows, so the next window's calls never land in it.
 - Every answer's `x-ratelimit-remaining` places its call in one of the provider's windows
   (`saw_remaining`): a count that goes up means a new window began. The provider's window opened
   no later than the first call we saw in it arrived, so when the provider says none remain, the
@@ -86,11 +87,14 @@ def pace_ms(limit: RateLimit) -> float:
 
 @dataclass(frozen=True)
 class Slot:
-    """A granted call: its entry in the fleet's log and when it was stamped (the limiter's
-    clock, milliseconds)."""
+    """A granted call: its entry in the fleet's log, when it was stamped (the limiter's clock,
+    milliseconds), and `asked_at`, this process's `perf_counter()` as it asked for the slot (the
+    stamp is no earlier): how late the call leaves is counted from there, so a pause between
+    the grant and the send (the answer's way back from Redis, a garbage collection) counts."""
 
     member: str
     stamp_ms: float
+    asked_at: float
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class Limiter(Protocol):
         """`acquire`, as 0 when granted."""
 
     def left_late(self, slot: Slot, late_seconds: float) -> None:
-        """The call of `slot` left `late_seconds` after its grant: move its stamp."""
+        """The call of `slot` left `late_seconds` after it was asked for: move its stamp."""
 
     def saw_remaining(self, stamp_ms: float, remaining: int) -> None:
         """The call stamped `stamp_ms` (after any re-stamp) was answered `remaining` calls left in
@@ -361,10 +365,11 @@ class RedisLimiter:
             repr(self._pace_ms),
             repr(self._pace_ms * PACE_EARLY),
         ]
+        asked = time.perf_counter()
         wait_ms, stamp_ms = self._acquire(keys=keys, args=args)
         if int(wait_ms) > 0:
             return int(wait_ms) / 1000
-        return Slot(nonce, float(stamp_ms))
+        return Slot(nonce, float(stamp_ms), asked)
 
     def try_acquire(self, lane: str, caller: str) -> float:
         granted = self.acquire(lane, caller)
@@ -478,6 +483,7 @@ class LocalLimiter:
         self._calls = {m: s for m, s in self._calls.items() if s > now - self._window}
 
     def acquire(self, lane: str, caller: str) -> Slot | float:
+        asked = time.perf_counter()
         with self._lock:
             now = self._clock()
             paused = max([u - now for u in self._paused_until.values()] + [0.0])
@@ -497,7 +503,7 @@ class LocalLimiter:
                 self._live_waiters.pop(caller, None)
                 if self._away:
                     self._paused_until["away"] = now + PROBE_SECONDS  # this call is the probe
-                return Slot(member, now * 1000)
+                return Slot(member, now * 1000, asked)
             wait = max(0.001, wait)
             if lane == "live":
                 self._live_waiters[caller] = now + wait + LIVE_WAITER_TTL_MS / 1000

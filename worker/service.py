@@ -1,5 +1,6 @@
 """`fpcancel worker`: the Celery worker (a thread pool) and the scheduler, in one process."""
 
+import gc
 import logging
 import os
 import socket
@@ -92,6 +93,10 @@ def run_worker(
     scheduler = Scheduler(runtime, member=member, threads=concurrency)
 
     def on_ready(**_: Any) -> None:
+        # What is loaded by now lives as long as the process: out of the collector's full
+        # passes, which otherwise stop every thread for tens of milliseconds, calls on their
+        # way to the provider included.
+        gc.freeze()
         scheduler.start()
         if settings.webhook_url is not None:
             from fpcancel.deliverer import Deliverer

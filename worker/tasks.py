@@ -140,7 +140,6 @@ class _Batch:
         if slot is None:
             self._release(job, runtime.limiter.paused_for(), call_left=False)
             return None
-        granted_at = perf_counter()
         assert runtime.client is not None
         client = runtime.client
         started = runtime.clock()
@@ -153,7 +152,7 @@ class _Batch:
         except ProviderError as exc:
             result = exc
         finished = runtime.clock()
-        _follow_window(runtime, slot, granted_at, result)
+        _follow_window(runtime, slot, result)
         if kind is AttemptKind.CANCEL:
             decision, pause = _heed(runtime, classify_cancel(result, finished.timestamp()), result)
             update = after_cancel(job, decision, runtime.policy, finished, pause, runtime.rng)
@@ -211,11 +210,11 @@ def _slot(runtime: Runtime, job: ClaimedJob) -> tuple[Slot | None, float]:
     return slot, waited
 
 
-def _follow_window(runtime: Runtime, slot: Slot, granted_at: float, result: CallResult) -> None:
+def _follow_window(runtime: Runtime, slot: Slot, result: CallResult) -> None:
     """Keep the fleet's log where the provider's window is: a call that left late moves its
     stamp; the provider's countdown places each call in its windows."""
     limiter, configured = runtime.limiter, runtime.settings.rate_limit.calls
-    late = max(0.0, result.left_at - granted_at) if result.left_at is not None else 0.0
+    late = max(0.0, result.left_at - slot.asked_at) if result.left_at is not None else 0.0
     if late > LATE_SECONDS:
         limiter.left_late(slot, late)
     if isinstance(result, Answer):

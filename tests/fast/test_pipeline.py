@@ -2,6 +2,7 @@
 clock: what a user sees in the job table and what the provider saw."""
 
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -370,3 +371,39 @@ def test_a_provider_outage_spends_no_attempt_and_every_job_ends_as_its_answers_s
     assert {job(runtime, i).status for i in ids} == {"succeeded"}
     assert job(runtime, ids[5]).attempts == 2
     assert sum(job(runtime, i).attempts for i in ids) == 21
+
+
+class _HeldUpAfterGrant:
+    """The fleet's limiter, with the worker held up between the grant and the call (the answer's
+    way back from Redis, a garbage collection): the call leaves late though nothing after the
+    grant was slow."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.late: list[float] = []
+
+    def acquire(self, lane: str, caller: str) -> Any:
+        granted = self._inner.acquire(lane, caller)
+        time.sleep(0.05)
+        return granted
+
+    def left_late(self, slot: Any, late_seconds: float) -> None:
+        self.late.append(late_seconds)
+        self._inner.left_late(slot, late_seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_call_held_up_after_its_grant_moves_its_stamp(
+    runtime: Runtime, transport: FakeTransport, clock: Clock
+) -> None:
+    """The provider's window opens when the call arrives: a call that left 50 ms after it was
+    granted is re-stamped by at least that much, or the fleet's log would run ahead of the
+    provider's window."""
+    limiter = _HeldUpAfterGrant(runtime.limiter)
+    runtime.limiter = limiter  # type: ignore[assignment]
+    transport.script("ODR1", documented(202))
+    enqueue(runtime, "ODR1")
+    drive(runtime, clock, rounds=10)
+    assert len(limiter.late) == 1 and limiter.late[0] >= 0.05

@@ -4,6 +4,7 @@ the control endpoints; `SandboxServer` runs it in a thread or in the foreground.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import signal
 import socket
@@ -312,6 +313,10 @@ class SandboxServer:
         previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
         if in_main_thread:
             signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        # What is loaded by now lives as long as the process: out of the collector's full
+        # passes, which would hold every connection's arrival up for milliseconds (a stand-in
+        # provider whose clock stops now and then, unlike the provider's).
+        gc.freeze()
         try:
             self._httpd.serve_forever(poll_interval=0.2)
         except KeyboardInterrupt:
