@@ -41,7 +41,7 @@ def write_csv(path: Path, orders: int, start: int) -> None:
 
 def truncate(engine: object) -> None:
     with engine.begin() as c:  # type: ignore[attr-defined]
-        c.execute(text("TRUNCATE cancel_attempts, cancel_jobs RESTART IDENTITY"))
+        c.execute(text("TRUNCATE cancel_jobs RESTART IDENTITY CASCADE"))
 
 
 def main() -> None:

@@ -84,11 +84,13 @@ def main() -> None:
             )
             sandbox.stop()
             down_at = time.time()
+            before = _attempts(engine)
             print(f"provider down at +0 s for {args.outage_seconds:.0f} s", flush=True)
             while time.time() < down_at + args.outage_seconds:
                 time.sleep(min(60.0, down_at + args.outage_seconds - time.time()))
                 print(
-                    f"  +{time.time() - down_at:4.0f} s: {_attempts(engine)} calls so far",
+                    f"  +{time.time() - down_at:4.0f} s: {_attempts(engine) - before} calls"
+                    " since it went down",
                     flush=True,
                 )
             sandbox.start()

@@ -10,9 +10,10 @@ functions.
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from celery import Celery
 from sqlalchemy import Engine
@@ -23,6 +24,7 @@ from fpcancel.app import make_celery, publish
 from fpcancel.bulk import BulkResult, BulkRow, write_bulk
 from fpcancel.models.db import make_engine, make_session_factory, utcnow
 from fpcancel.settings import Settings
+from fpcancel.transitions import new_job_values
 from fpcancel.validation import clean_lane, clean_note, clean_order_uuid, clean_source
 
 log = logging.getLogger("fpcancel.producer")
@@ -31,13 +33,16 @@ log = logging.getLogger("fpcancel.producer")
 @dataclass(frozen=True)
 class Enqueued:
     """What `enqueue` did: the job's id and status, whether it is new, whether it reached the
-    broker already (if not, the scheduler sends it)."""
+    broker already (if not, the scheduler sends it); and a new job's columns as written
+    (`values`, None for the order's existing job), so a caller can show it without reading it
+    back."""
 
     id: int
     order_uuid: str
     status: str
     created: bool
     published: bool
+    values: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 class Producer:
@@ -72,16 +77,16 @@ class Producer:
         token = uuid.uuid4().hex if lane == "live" else None
         # A Core connection, not an ORM session: this runs inside a customer's web request, and
         # the ORM's bookkeeping would cost more than the INSERT (bench/enqueue_latency.py).
+        values = new_job_values(
+            order_uuid=order_uuid,
+            note=note,
+            source=source,
+            lane=lane,
+            now=now,
+            dispatch_token=token,
+        )
         with self.engine.begin() as connection:
-            job = jobstore.insert_job(
-                connection,
-                order_uuid=order_uuid,
-                note=note,
-                source=source,
-                lane=lane,
-                now=now,
-                dispatch_token=token,
-            )
+            job = jobstore.insert_jobs(connection, [values])[0]
         published = False
         if job.created and token is not None:
             try:
@@ -95,7 +100,8 @@ class Producer:
                 )
                 with self.engine.begin() as connection:
                     jobstore.clear_dispatch(connection, [jobstore.Dispatch(job.id, token, lane)])
-        return Enqueued(job.id, job.order_uuid, job.status, job.created, published)
+        written = values if job.created else None
+        return Enqueued(job.id, job.order_uuid, job.status, job.created, published, written)
 
     def enqueue_bulk(
         self,

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +56,12 @@ def job_dict(job: CancelJob) -> dict[str, Any]:
         with contextlib.suppress(ValueError):  # older rows may hold plain text
             data["last_errors"] = json.loads(data["last_errors"])
     return data
+
+
+def new_job_dict(job_id: int, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`job_dict` of a job just written with `values` (`transitions.new_job_values`), without
+    reading it back."""
+    return {name: job_id if name == "id" else _plain(values.get(name)) for name in JOB_FIELDS}
 
 
 def call_dict(call: CancelAttempt) -> dict[str, Any]:

@@ -88,6 +88,10 @@ def test_a_new_order_is_201_and_the_same_order_again_is_200_with_the_same_job(
         True,
     )
     assert {"id", "note", "attempts", "created_at", "finished_at"} <= job.keys()
+    # The answer is the job as written (not read back): the same as reading it.
+    shown = client.get(f"/v1/jobs/{job['id']}", headers=bearer(keys["read"])).json()
+    del job["created"]
+    assert job == {name: shown[name] for name in job}
     again = client.post("/v1/cancellations", json=ORDER, headers=bearer(keys["enqueue"]))
     assert again.status_code == 200
     assert again.json()["id"] == job["id"] and again.json()["created"] is False

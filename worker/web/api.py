@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from fpcancel import events, ops
 from fpcancel.bulk import BulkInputError, BulkResult, check_csv, validate_rows
 from fpcancel.errors import JobStateError, ValidationError
-from fpcancel.queries import get_job, job_dict, job_with_calls, list_jobs
+from fpcancel.queries import get_job, job_dict, job_with_calls, list_jobs, new_job_dict
 from fpcancel.stats import collect_stats
 from fpcancel.statuses import ApiScope, JobStatus, Lane
 from fpcancel.validation import clean_lane, clean_note, clean_order_uuid, clean_source
@@ -190,8 +190,11 @@ async def create_cancellation(request: Request) -> JSONResponse:
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
             ) from None
         job = services.producer.enqueue(body.order_uuid, body.note, body.source, body.lane)
-        with services.sessions() as session:
-            data = job_dict(get_job(session, job.id))
+        if job.values is not None:  # new: the job as written, no second trip to the database
+            data = new_job_dict(job.id, job.values)
+        else:
+            with services.sessions() as session:
+                data = job_dict(get_job(session, job.id))
         return _job_answer(data, 201 if job.created else 200, created=job.created)
 
     return await run_in_threadpool(enqueue)
