@@ -16,7 +16,7 @@ transaction: no outcome is lost, none invented, and a job sent round again gives
 it ends again.
 
 Changes a worker makes to a job it holds are guarded by the job's `dispatch_token`: once the job
-was taken back, a late update touches nothing. `insert_job` is `insert_jobs([...])[0]`.
+was taken back, a late update touches nothing. One new job is `insert_jobs([values])[0]`.
 """
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -164,11 +164,6 @@ def insert_jobs(session: Db, rows: Sequence[dict[str, Any]]) -> list[NewJob]:
     if pending:
         raise RuntimeError(f"could not settle a job for order {pending[0]['order_uuid']}")
     return [found[r["order_uuid"]] for r in rows]
-
-
-def insert_job(session: Db, **values: Any) -> NewJob:
-    """One new job (the arguments of `new_job_values`), or the order's active one."""
-    return insert_jobs(session, [new_job_values(**values)])[0]
 
 
 _STAGE_META = MetaData()
@@ -580,11 +575,6 @@ def _update_held(session: Db, records: Sequence[CallRecord]) -> None:
             for r in records
         ],
     )
-
-
-def record_call(session: Db, record: CallRecord) -> bool:
-    """`record_calls` for one call; whether the job was still ours."""
-    return record.job.id in record_calls(session, [record])
 
 
 def _attempt_row(record: CallRecord) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fpcancel.app import make_celery
-from fpcancel.events import finished_payload
+from fpcancel.events import JOB_COLUMNS, finished_payload
 from fpcancel.migrate import upgrade
 from fpcancel.models.db import make_engine, make_session_factory, utcnow
 from fpcancel.models.tables import ApiKey, CancelAttempt, CancelEvent, CancelJob, WebhookDelivery
@@ -269,21 +269,7 @@ def test_a_note_and_provider_text_with_script_are_shown_escaped(
         event.payload = finished_payload(
             event.id,
             now,
-            {
-                c: getattr(job, c)
-                for c in (
-                    "id",
-                    "order_uuid",
-                    "status",
-                    "source",
-                    "lane",
-                    "attempts",
-                    "last_http_status",
-                    "last_message",
-                    "created_at",
-                    "finished_at",
-                )
-            },
+            {c: getattr(job, c) for c in JOB_COLUMNS},
         )
         s.add(
             WebhookDelivery(

@@ -130,14 +130,14 @@ def env(database_url: str, broker_url: str, sandbox: SandboxServer) -> dict[str,
     return base_env(database_url, broker_url, sandbox)
 
 
-class Worker:
-    """A `fpcancel worker` subprocess with its log in a file."""
+class CliProcess:
+    """An `fpcancel ...` subprocess in its own session, its output in a log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 4) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [FPCANCEL, "worker", "--concurrency", str(concurrency)],
+            [FPCANCEL, *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -146,13 +146,6 @@ class Worker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 30) -> "Worker":
-        wait_until(
-            lambda: "ready:" in self.log() or self.proc.poll() is not None, timeout, "worker start"
-        )
-        assert self.proc.poll() is None, self.log()
-        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
@@ -164,6 +157,20 @@ class Worker:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+class Worker(CliProcess):
+    """A `fpcancel worker` subprocess with its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 4) -> None:
+        super().__init__(["worker", "--concurrency", str(concurrency)], env, log_path)
+
+    def wait_ready(self, timeout: float = 30) -> "Worker":
+        wait_until(
+            lambda: "ready:" in self.log() or self.proc.poll() is not None, timeout, "worker start"
+        )
+        assert self.proc.poll() is None, self.log()
+        return self
 
 
 @pytest.fixture
@@ -248,24 +255,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Server:
+class Server(CliProcess):
     """A `fpcancel serve` subprocess on a free port, its log in a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [FPCANCEL, "serve", "--port", str(self.port)],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__(["serve", "--port", str(self.port)], env, log_path)
 
     def wait_ready(self, timeout: float = 30) -> "Server":
         import requests
@@ -282,17 +278,6 @@ class Server:
         wait_until(answers, timeout, "fpcancel serve to answer")
         assert self.proc.poll() is None, self.log()
         return self
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture

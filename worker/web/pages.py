@@ -8,7 +8,7 @@ SQLite alike, so only one row per bucket and series comes back.
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Integer, cast, func, select
@@ -158,10 +158,6 @@ def overview(
         pauses=pauses,
         now=now,
     )
-
-
-def since_hours(now: datetime, hours: int) -> datetime:
-    return now - timedelta(hours=hours)
 
 
 # -- events ------------------------------------------------------------------------------------
