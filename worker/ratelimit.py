@@ -614,12 +614,14 @@ def wait_for_slot(
     max_wait_seconds: float,
     stop: threading.Event,
     caller: str | None = None,
+    before_waiting: Callable[[], None] | None = None,
 ) -> tuple[Slot | None, float]:
     """Wait (without holding anything but the job's claim) until a call may start.
 
     Returns (the slot, or None when none came in time; seconds waited). Gives up after
     `max_wait_seconds`, or as soon as `stop` is set (the worker is shutting down), so the job
-    can go back untouched.
+    can go back untouched. `before_waiting` runs once, when a slot is not there at once (a
+    batch's thread writes down the calls it made before it sits out a pause).
     """
     caller = caller or uuid.uuid4().hex
     started = time.monotonic()
@@ -631,5 +633,9 @@ def wait_for_slot(
         remaining = max_wait_seconds - waited
         if remaining <= 0 or stop.is_set():
             return None, waited
+        if before_waiting is not None:
+            before_waiting()
+            before_waiting = None
+            continue  # the wait is asked for again, from now
         if stop.wait(min(granted, remaining, ASK_AGAIN_SECONDS)):
             return None, time.monotonic() - started

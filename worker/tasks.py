@@ -136,7 +136,7 @@ class _Batch:
         """Wait for a rate-limit slot, make the call, decide; None when the job went back
         without one."""
         runtime = self.runtime
-        slot, waited = _slot(runtime, job)
+        slot, waited = _slot(runtime, job, before_waiting=self.flush)
         if slot is None:
             self._release(job, runtime.limiter.paused_for(), call_left=False)
             return None
@@ -169,8 +169,10 @@ class _Batch:
         return "released" if call_left is not None else "error"
 
     def flush(self) -> None:
-        """Apply the writes in order, in one transaction; keep trying while the database is
-        away, for as long as we hold the jobs."""
+        """Apply the writes so far in order, in one transaction; keep trying while the
+        database is away, for as long as we hold the jobs. Called at the message's end, and
+        before its thread waits for a slot: a call made is on record while the fleet sits out
+        a pause (a probe's row shows at once, not when the batch ends)."""
         if not self.writes:
             return
         runtime = self.runtime
@@ -195,9 +197,12 @@ class _Batch:
         for item in self.writes:
             if isinstance(item, CallRecord):
                 _observe(item, held=item.job.id in held)
+        self.writes = []
 
 
-def _slot(runtime: Runtime, job: ClaimedJob) -> tuple[Slot | None, float]:
+def _slot(
+    runtime: Runtime, job: ClaimedJob, before_waiting: Callable[[], None]
+) -> tuple[Slot | None, float]:
     """A rate-limit slot and the seconds waited for it; no slot when none came in time (or we
     are stopping): the job then goes back untouched, no attempt spent."""
     slot, waited = wait_for_slot(
@@ -205,6 +210,7 @@ def _slot(runtime: Runtime, job: ClaimedJob) -> tuple[Slot | None, float]:
         job.lane,
         max_wait_seconds=runtime.settings.rate_limit_wait_seconds,
         stop=runtime.stop,
+        before_waiting=before_waiting,
     )
     metrics.RATE_WAIT.labels(job.lane).observe(waited)
     return slot, waited

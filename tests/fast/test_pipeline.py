@@ -15,7 +15,7 @@ from fpcancel.feed import BATCH_MAX, Scheduler
 from fpcancel.models.tables import CancelAttempt, CancelJob
 from fpcancel.producer import Producer
 from fpcancel.runtime import Runtime
-from fpcancel.tasks import run_job
+from fpcancel.tasks import run_job, run_jobs
 from tests.fakes import (
     TOKEN,
     Clock,
@@ -407,3 +407,41 @@ def test_a_call_held_up_after_its_grant_moves_its_stamp(
     enqueue(runtime, "ODR1")
     drive(runtime, clock, rounds=10)
     assert len(limiter.late) == 1 and limiter.late[0] >= 0.05
+
+
+class _SecondCallWaits:
+    """The fleet's limiter, making a message's second call wait once (a pause), and noting how
+    many calls the table holds when that call asks again."""
+
+    def __init__(self, inner: Any, rt: Runtime) -> None:
+        self._inner, self._rt = inner, rt
+        self.asked = 0
+        self.rows_seen_after_wait: int | None = None
+
+    def acquire(self, lane: str, caller: str) -> Any:
+        self.asked += 1
+        if self.asked == 2:
+            return 0.01
+        if self.asked == 3:
+            with self._rt.sessions() as s:
+                self.rows_seen_after_wait = s.scalar(select(func.count(CancelAttempt.id)))
+        return self._inner.acquire(lane, caller)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_message_writes_down_its_calls_before_its_thread_waits_for_a_slot(
+    runtime: Runtime, transport: FakeTransport, clock: Clock
+) -> None:
+    """A batch whose next call must wait (the fleet paused, the provider away) has its calls so
+    far on record first: a probe's row shows at once, not when the whole batch ends."""
+    transport.script("ODR1", documented(202))
+    transport.script("ODR2", documented(202))
+    for order in ("ODR1", "ODR2"):
+        enqueue(runtime, order, lane="bulk")
+    Scheduler(runtime, member="test").round()
+    limiter = _SecondCallWaits(runtime.limiter, runtime)
+    runtime.limiter = limiter  # type: ignore[assignment]
+    assert run_jobs(runtime, sorted(pending(runtime))) == ["succeeded", "succeeded"]
+    assert limiter.rows_seen_after_wait == 1
