@@ -56,6 +56,8 @@ PREFIX = "fpcancel:rate:"
 # waiters ask again at least every ASK_AGAIN_SECONDS, so a live one never loses its place.
 LIVE_WAITER_TTL_MS = 3000
 ASK_AGAIN_SECONDS = 1.0
+# A wait this long is a pause, not the pace: worth writing down what was done before it.
+LONG_WAIT_SECONDS = 1.0
 # A call that leaves more than this after its grant has its stamp moved (one more round trip).
 LATE_SECONDS = 0.002
 # A call may be granted this share of a pace before its place in the pace.
@@ -620,8 +622,9 @@ def wait_for_slot(
 
     Returns (the slot, or None when none came in time; seconds waited). Gives up after
     `max_wait_seconds`, or as soon as `stop` is set (the worker is shutting down), so the job
-    can go back untouched. `before_waiting` runs once, when a slot is not there at once (a
-    batch's thread writes down the calls it made before it sits out a pause).
+    can go back untouched. `before_waiting` runs once, before a wait of `LONG_WAIT_SECONDS` or
+    more (a batch's thread writes down the calls it made before it sits out a pause; the pace's
+    short waits leave a batch one transaction).
     """
     caller = caller or uuid.uuid4().hex
     started = time.monotonic()
@@ -633,7 +636,7 @@ def wait_for_slot(
         remaining = max_wait_seconds - waited
         if remaining <= 0 or stop.is_set():
             return None, waited
-        if before_waiting is not None:
+        if before_waiting is not None and granted >= LONG_WAIT_SECONDS:
             before_waiting()
             before_waiting = None
             continue  # the wait is asked for again, from now

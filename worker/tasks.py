@@ -171,8 +171,8 @@ class _Batch:
     def flush(self) -> None:
         """Apply the writes so far in order, in one transaction; keep trying while the
         database is away, for as long as we hold the jobs. Called at the message's end, and
-        before its thread waits for a slot: a call made is on record while the fleet sits out
-        a pause (a probe's row shows at once, not when the batch ends)."""
+        before its thread waits out a pause for a slot: a call made is on record while the
+        fleet sits the pause out (a probe's row shows at once, not when the batch ends)."""
         if not self.writes:
             return
         runtime = self.runtime
