@@ -19,8 +19,9 @@ after the last one ended, `frontpayment-api.md`):
 
 - A call that leaves late (a cold connection's handshake, a thread descheduled or a garbage
   collection between asking for its slot and its bytes reaching the socket) moves its stamp to
-  when it really left (`left_late`): the window it may open at the provider opens late, and
-  ours follows, so the next window's calls never land in it.
+  when it really left: the window it may open at the provider opens late, and ours follows, so
+  the next window's calls never land in it. The move rides on the thread's next `acquire` when
+  one follows at once (a batch's next call: no extra round trip), else it is `left_late`.
 - Every answer's `x-ratelimit-remaining` places its call in one of the provider's windows
   (`saw_remaining`): a count that goes up means a new window began. The provider's window opened
   no later than the first call we saw in it arrived, so when the provider says none remain, the
@@ -58,7 +59,7 @@ LIVE_WAITER_TTL_MS = 3000
 ASK_AGAIN_SECONDS = 1.0
 # A wait this long is a pause, not the pace: worth writing down what was done before it.
 LONG_WAIT_SECONDS = 1.0
-# A call that leaves more than this after its grant has its stamp moved (one more round trip).
+# A call that leaves more than this after its grant has its stamp moved.
 LATE_SECONDS = 0.002
 # A call may be granted this share of a pace before its place in the pace.
 PACE_EARLY = 0.5
@@ -100,6 +101,20 @@ class Slot:
 
 
 @dataclass(frozen=True)
+class LateCall:
+    """The call of `slot` left `late_seconds` after it asked for its slot: its stamp moves by
+    that much."""
+
+    slot: Slot
+    late_seconds: float
+
+    @property
+    def stamp_ms(self) -> int:
+        """When it really left, on the limiter's clock."""
+        return int(self.slot.stamp_ms + self.late_seconds * 1000)
+
+
+@dataclass(frozen=True)
 class ActivePause:
     """A pause in force (read only, for the dashboard): `rate`, `setup` or `away`, seconds
     left, and the reasons behind it (a setup pause covers unauthorized, misrouted, not_sent)."""
@@ -110,8 +125,9 @@ class ActivePause:
 
 
 class Limiter(Protocol):
-    def acquire(self, lane: str, caller: str) -> Slot | float:
-        """A `Slot` when a call may start now (and it is counted); else seconds to wait."""
+    def acquire(self, lane: str, caller: str, late: LateCall | None = None) -> Slot | float:
+        """A `Slot` when a call may start now (and it is counted); else seconds to wait.
+        `late` (the caller's previous call left late) is moved first, as `left_late` would."""
 
     def try_acquire(self, lane: str, caller: str) -> float:
         """`acquire`, as 0 when granted."""
@@ -157,11 +173,17 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS: calls, pause:rate, pause:setup, live waiters, pause:away, away flag, next call's place
-# ARGV: limit, window ms, lane, caller, waiter ttl ms, nonce, probe ms, pace ms, early ms
+# ARGV: limit, window ms, lane, caller, waiter ttl ms, nonce, probe ms, pace ms, early ms,
+#       a late call's member ('' for none), its new stamp ms
 # Returns {wait ms, stamp ms}: wait 0 and the stamp when granted.
 _ACQUIRE = (
     _NOW
     + """
+if ARGV[10] ~= '' then
+  -- The caller's previous call left late: its stamp moves first (as _LEFT_LATE).
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[11]), ARGV[10])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+end
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local lane = ARGV[3]
@@ -345,7 +367,7 @@ class RedisLimiter:
         self._note_trouble = redis.register_script(_NOTE_TROUBLE)
         self._note_success = redis.register_script(_NOTE_SUCCESS)
 
-    def acquire(self, lane: str, caller: str) -> Slot | float:
+    def acquire(self, lane: str, caller: str, late: LateCall | None = None) -> Slot | float:
         keys = [
             self._calls_key,
             self._pause_prefix + "rate",
@@ -366,6 +388,8 @@ class RedisLimiter:
             int(PROBE_SECONDS * 1000),
             repr(self._pace_ms),
             repr(self._pace_ms * PACE_EARLY),
+            late.slot.member if late is not None else "",
+            late.stamp_ms if late is not None else 0,
         ]
         asked = time.perf_counter()
         wait_ms, stamp_ms = self._acquire(keys=keys, args=args)
@@ -378,7 +402,7 @@ class RedisLimiter:
         return 0.0 if isinstance(granted, Slot) else granted
 
     def left_late(self, slot: Slot, late_seconds: float) -> None:
-        stamp = int(slot.stamp_ms + late_seconds * 1000)
+        stamp = LateCall(slot, late_seconds).stamp_ms
         self._left_late(keys=[self._calls_key], args=[slot.member, stamp, self._window_ms])
 
     def saw_remaining(self, stamp_ms: float, remaining: int) -> None:
@@ -484,8 +508,10 @@ class LocalLimiter:
     def _prune(self, now: float) -> None:
         self._calls = {m: s for m, s in self._calls.items() if s > now - self._window}
 
-    def acquire(self, lane: str, caller: str) -> Slot | float:
+    def acquire(self, lane: str, caller: str, late: LateCall | None = None) -> Slot | float:
         asked = time.perf_counter()
+        if late is not None:
+            self.left_late(late.slot, late.late_seconds)
         with self._lock:
             now = self._clock()
             paused = max([u - now for u in self._paused_until.values()] + [0.0])
@@ -617,6 +643,7 @@ def wait_for_slot(
     stop: threading.Event,
     caller: str | None = None,
     before_waiting: Callable[[], None] | None = None,
+    late: LateCall | None = None,
 ) -> tuple[Slot | None, float]:
     """Wait (without holding anything but the job's claim) until a call may start.
 
@@ -624,12 +651,14 @@ def wait_for_slot(
     `max_wait_seconds`, or as soon as `stop` is set (the worker is shutting down), so the job
     can go back untouched. `before_waiting` runs once, before a wait of `LONG_WAIT_SECONDS` or
     more (a batch's thread writes down the calls it made before it sits out a pause; the pace's
-    short waits leave a batch one transaction).
+    short waits leave a batch one transaction). `late` (the thread's previous call left late)
+    rides on the first ask.
     """
     caller = caller or uuid.uuid4().hex
     started = time.monotonic()
     while True:
-        granted = limiter.acquire(lane, caller)
+        granted = limiter.acquire(lane, caller, late)
+        late = None
         waited = time.monotonic() - started
         if isinstance(granted, Slot):
             return granted, waited

@@ -36,7 +36,7 @@ from fpcancel.pauses import (
     provider_trouble,
     remaining_calls,
 )
-from fpcancel.ratelimit import LATE_SECONDS, Slot, wait_for_slot
+from fpcancel.ratelimit import LATE_SECONDS, LateCall, Slot, wait_for_slot
 from fpcancel.runtime import Runtime, current
 from fpcancel.statuses import AttemptKind, PauseReason
 from fpcancel.transitions import ClaimedJob, after_cancel, after_status_check
@@ -89,6 +89,7 @@ def run_jobs(runtime: Runtime, items: Sequence[tuple[int, str]]) -> list[str]:
     claimed = in_transaction(runtime, lambda c: jobstore.claim_jobs(c, items, now, lease))
     batch = _Batch(runtime)
     outcomes = {job.id: batch.run(job) for job in claimed}
+    batch.settle_late()
     batch.flush()
     if claimed:
         runtime.fleet.wake()  # a thread is free: the feed may send more
@@ -110,6 +111,9 @@ class _Batch:
 
     runtime: Runtime
     writes: list[CallRecord | _Release] = field(default_factory=list)
+    # The last call left late: its stamp moves with the thread's next ask for a slot (one
+    # round trip for both), or by `settle_late` when the message ends.
+    late: LateCall | None = None
 
     def run(self, job: ClaimedJob) -> str:
         runtime = self.runtime
@@ -136,7 +140,8 @@ class _Batch:
         """Wait for a rate-limit slot, make the call, decide; None when the job went back
         without one."""
         runtime = self.runtime
-        slot, waited = _slot(runtime, job, before_waiting=self.flush)
+        late, self.late = self.late, None
+        slot, waited = _slot(runtime, job, before_waiting=self.flush, late=late)
         if slot is None:
             self._release(job, runtime.limiter.paused_for(), call_left=False)
             return None
@@ -152,7 +157,7 @@ class _Batch:
         except ProviderError as exc:
             result = exc
         finished = runtime.clock()
-        _follow_window(runtime, slot, result)
+        self.late = _follow_window(runtime, slot, result)
         if kind is AttemptKind.CANCEL:
             decision, pause = _heed(runtime, classify_cancel(result, finished.timestamp()), result)
             update = after_cancel(job, decision, runtime.policy, finished, pause, runtime.rng)
@@ -163,6 +168,12 @@ class _Batch:
         record = CallRecord(job, number, kind, started, finished, result, decision, update, waited)
         self.writes.append(record)
         return record
+
+    def settle_late(self) -> None:
+        """Move the last call's stamp now if it left late: no ask for a slot follows."""
+        if self.late is not None:
+            self.runtime.limiter.left_late(self.late.slot, self.late.late_seconds)
+            self.late = None
 
     def _release(self, job: ClaimedJob, after_seconds: float, *, call_left: bool | None) -> str:
         self.writes.append(_Release(job, after_seconds, call_left))
@@ -201,40 +212,52 @@ class _Batch:
 
 
 def _slot(
-    runtime: Runtime, job: ClaimedJob, before_waiting: Callable[[], None]
+    runtime: Runtime,
+    job: ClaimedJob,
+    before_waiting: Callable[[], None],
+    late: LateCall | None,
 ) -> tuple[Slot | None, float]:
     """A rate-limit slot and the seconds waited for it; no slot when none came in time (or we
-    are stopping): the job then goes back untouched, no attempt spent."""
+    are stopping): the job then goes back untouched, no attempt spent. `late` (the thread's
+    previous call) is re-stamped by the first ask."""
     slot, waited = wait_for_slot(
         runtime.limiter,
         job.lane,
         max_wait_seconds=runtime.settings.rate_limit_wait_seconds,
         stop=runtime.stop,
         before_waiting=before_waiting,
+        late=late,
     )
     metrics.RATE_WAIT.labels(job.lane).observe(waited)
     return slot, waited
 
 
-def _follow_window(runtime: Runtime, slot: Slot, result: CallResult) -> None:
-    """Keep the fleet's log where the provider's window is: a call that left late moves its
-    stamp; the provider's countdown places each call in its windows."""
+def _follow_window(runtime: Runtime, slot: Slot, result: CallResult) -> LateCall | None:
+    """Keep the fleet's log where the provider's window is: the provider's countdown places
+    each call in its windows. Returns the call when it left late, for the caller to move its
+    stamp (with its next ask for a slot)."""
     limiter, configured = runtime.limiter, runtime.settings.rate_limit.calls
     late = max(0.0, result.left_at - slot.asked_at) if result.left_at is not None else 0.0
-    if late > LATE_SECONDS:
+    moved = LateCall(slot, late) if late > LATE_SECONDS else None
+    if not isinstance(result, Answer):
+        return moved
+    remaining = remaining_calls(result)
+    if remaining is not None:
+        limiter.saw_remaining(slot.stamp_ms + late * 1000, remaining)
+    said = provider_limit(result)
+    if said is not None and said != configured:
+        _say_once(
+            "limit",
+            "the provider counts %d calls a window; FPCANCEL_RATE_LIMIT says %s",
+            said,
+            runtime.settings.rate_limit,
+        )
+    if moved is not None and (result.status == 429 or remaining == 0):
+        # The fleet is about to wait for the window to free (`window_full_for` reads the log):
+        # the log must say when this call really left first.
         limiter.left_late(slot, late)
-    if isinstance(result, Answer):
-        remaining = remaining_calls(result)
-        if remaining is not None:
-            limiter.saw_remaining(slot.stamp_ms + late * 1000, remaining)
-        said = provider_limit(result)
-        if said is not None and said != configured:
-            _say_once(
-                "limit",
-                "the provider counts %d calls a window; FPCANCEL_RATE_LIMIT says %s",
-                said,
-                runtime.settings.rate_limit,
-            )
+        return None
+    return moved
 
 
 def _observe(record: CallRecord, *, held: bool) -> None:

@@ -380,10 +380,13 @@ class _HeldUpAfterGrant:
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self.late: list[float] = []
+        self.late: list[float] = []  # moved on their own (a message's last call)
+        self.carried: list[float] = []  # moved with the thread's next ask for a slot
 
-    def acquire(self, lane: str, caller: str) -> Any:
-        granted = self._inner.acquire(lane, caller)
+    def acquire(self, lane: str, caller: str, late: Any = None) -> Any:
+        if late is not None:
+            self.carried.append(late.late_seconds)
+        granted = self._inner.acquire(lane, caller, late)
         time.sleep(0.05)
         return granted
 
@@ -409,6 +412,22 @@ def test_a_call_held_up_after_its_grant_moves_its_stamp(
     assert len(limiter.late) == 1 and limiter.late[0] >= 0.05
 
 
+def test_a_batch_moves_each_late_call_s_stamp_with_its_next_ask(
+    runtime: Runtime, transport: FakeTransport, clock: Clock
+) -> None:
+    """In a message of several jobs, a call that left late is re-stamped by the thread's next ask
+    for a slot (no round trip of its own); only the message's last call is re-stamped alone."""
+    for order in ("ODR1", "ODR2", "ODR3"):
+        transport.script(order, documented(202))
+        enqueue(runtime, order, lane="bulk")
+    Scheduler(runtime, member="test").round()
+    limiter = _HeldUpAfterGrant(runtime.limiter)
+    runtime.limiter = limiter  # type: ignore[assignment]
+    assert run_jobs(runtime, sorted(pending(runtime))) == ["succeeded"] * 3
+    assert len(limiter.carried) == 2 and min(limiter.carried) >= 0.05
+    assert len(limiter.late) == 1 and limiter.late[0] >= 0.05
+
+
 class _SecondCallWaits:
     """The fleet's limiter, making a message's second call wait once (a pause), and noting how
     many calls the table holds when that call asks again."""
@@ -418,14 +437,14 @@ class _SecondCallWaits:
         self.asked = 0
         self.rows_seen_after_wait: int | None = None
 
-    def acquire(self, lane: str, caller: str) -> Any:
+    def acquire(self, lane: str, caller: str, late: Any = None) -> Any:
         self.asked += 1
         if self.asked == 2:
             return 5.0  # a pause
         if self.asked == 3:
             with self._rt.sessions() as s:
                 self.rows_seen_after_wait = s.scalar(select(func.count(CancelAttempt.id)))
-        return self._inner.acquire(lane, caller)
+        return self._inner.acquire(lane, caller, late)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

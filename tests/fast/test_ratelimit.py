@@ -19,6 +19,7 @@ import pytest
 from fpcancel.pauses import AWAY_AFTER_SECONDS, PROBE_SECONDS
 from fpcancel.ratelimit import (
     PACE_EARLY,
+    LateCall,
     Limiter,
     LocalLimiter,
     RedisLimiter,
@@ -291,14 +292,22 @@ def test_the_same_caller_twice_at_one_instant_counts_twice(
     assert limiter.try_acquire("live", "worker-1") > 0  # its place has come; the window is full
 
 
-def test_a_call_that_left_late_frees_its_slot_late(make_limiter: MakeLimiter, clock: Clock) -> None:
+@pytest.mark.parametrize("moved_by", ["left_late", "the next ask"])
+def test_a_call_that_left_late_frees_its_slot_late(
+    make_limiter: MakeLimiter, clock: Clock, moved_by: str
+) -> None:
     """A window's first call left 300 ms after its grant (a cold connection): the provider's
-    window opened then, so the slot frees 300 ms later than its grant alone would say."""
+    window opened then, so the slot frees 300 ms later than its grant alone would say; the same
+    whether the stamp moves on its own or with the thread's next ask (refused: the window is
+    full)."""
     limit = RateLimit(1, 1)
     limiter = make_limiter(limit)
     slot = limiter.acquire("bulk", "c")
     assert isinstance(slot, Slot)
-    limiter.left_late(slot, 0.3)
+    if moved_by == "left_late":
+        limiter.left_late(slot, 0.3)
+    else:
+        assert not isinstance(limiter.acquire("bulk", "c", LateCall(slot, 0.3)), Slot)
     clock.advance(max_wait(limit) - 0.09)  # past the grant's window, not past the send's
     assert limiter.try_acquire("bulk", "c") > 0
     clock.advance(0.3)
@@ -402,9 +411,9 @@ class CountingLimiter(LocalLimiter):
 
     asks = 0
 
-    def acquire(self, lane: str, caller: str) -> Slot | float:
+    def acquire(self, lane: str, caller: str, late: LateCall | None = None) -> Slot | float:
         self.asks += 1
-        return super().acquire(lane, caller)
+        return super().acquire(lane, caller, late)
 
 
 def test_wait_for_slot_gives_up_at_once_when_stopping() -> None:
