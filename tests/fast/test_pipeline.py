@@ -313,7 +313,7 @@ def test_a_large_waiting_bulk_is_fed_a_little_at_a_time_and_never_resent_wholesa
         (4, 2, 4, 1),  # 240/60, two threads
         (4, 24, 9, 1),  # 240/60, 3 x 8: two seconds of budget, one job a message
         (10, 24, 21, 1),  # 10/1 s, 3 x 8
-        (10_000, 8, 192, 16),  # the limit far away: full batches, two per usable thread
+        (10_000, 8, 384, 32),  # the limit far away: full batches, two per usable thread
     ],
 )
 def test_the_feed_keeps_two_seconds_of_budget_in_flight_in_small_messages(
