@@ -53,7 +53,10 @@ def make_celery(settings: Settings, queue_prefix: str = "fpcancel") -> Celery:
             "interval_step": 0.5,
             "interval_max": 0.5,
         },
-        worker_send_task_events=True,  # Flower works out of the box
+        # Task events cost a worker ~5 % of its CPU at a high rate; a monitor turns them on
+        # when it watches (Flower sends `enable_events` at start and every minute; by hand:
+        # `celery -b BROKER control enable_events`).
+        worker_send_task_events=False,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )

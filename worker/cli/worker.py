@@ -45,9 +45,10 @@ def worker(
 
     Refuses to start without FRONTPAYMENT_TOKEN, or with a plain-http base URL that is not
     loopback. On SIGTERM it stops taking jobs, lets calls in flight finish and records them;
-    jobs waiting for a rate-limit slot go back to the table untouched. Celery task events are
-    on, so Flower works out of the box. One log line per provider call (job, order, attempts,
-    outcome, HTTP status, duration); the token is redacted from every line.
+    jobs waiting for a rate-limit slot go back to the table untouched. Celery task events
+    start when a monitor asks for them (Flower does), so Flower works out of the box. One log
+    line per provider call (job, order, attempts, outcome, HTTP status, duration); the token
+    is redacted from every line.
     """
     from fpcancel.service import run_worker
 
