@@ -20,6 +20,7 @@ from fpcancel.migrate import upgrade
 from fpcancel.models.db import make_engine, make_session_factory
 from fpcancel.models.tables import CancelAttempt, CancelJob
 from fpcancel.sandbox import SandboxServer
+from fpcancel.sandbox.control import SandboxControl
 from fpcancel.statuses import TERMINAL_STATUSES
 from tests.conftest import need
 
@@ -105,7 +106,7 @@ def sandbox() -> Iterator[SandboxServer]:
 
 
 def base_env(
-    database_url: str, broker_url: str, sandbox: SandboxServer, **extra: str
+    database_url: str, broker_url: str, sandbox: "SandboxServer | SandboxCli", **extra: str
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FPCANCEL_", "FRONTPAYMENT_"))}
     env.update(
@@ -157,6 +158,36 @@ class CliProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+class SandboxCli(CliProcess):
+    """`fpcancel sandbox` in its own process, as the provider is: its arrival clock shares no
+    interpreter with the test. (An in-process sandbox's handler threads wait for pytest's GIL,
+    and a window that opens 10 ms late there is a lag no worker can see.)"""
+
+    def __init__(self, log_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/api/v1"
+        self.control = SandboxControl(self.base_url)
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("FPCANCEL_", "FRONTPAYMENT_"))
+        }
+        env["SANDBOX_TOKEN"] = TOKEN
+        super().__init__(["sandbox", "--port", str(self.port), *args], env, log_path)
+
+    def wait_ready(self, timeout: float = 30) -> "SandboxCli":
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                return True
+            try:
+                self.control.calls()
+                return True
+            except OSError:
+                return False
+
+        wait_until(answers, timeout, "fpcancel sandbox to answer")
+        assert self.proc.poll() is None, self.log()
+        return self
 
 
 class Worker(CliProcess):

@@ -1,10 +1,12 @@
 """The fleet-wide rate limit and the provider's signals, with real workers and the sandbox."""
 
+from pathlib import Path
 from typing import Any
 
 from fpcancel.sandbox import SandboxServer
 from tests.real.conftest import (
     TOKEN,
+    SandboxCli,
     all_terminal,
     attempts_of,
     base_env,
@@ -75,22 +77,26 @@ def test_a_token_refused_mid_run_ends_no_job_and_all_finish_once_it_works(
 
 
 def test_three_workers_in_laravel_windows_draw_no_429_and_never_pass_the_limit(
-    database_url: str, broker_url: str, sessions: Any, start_worker: Any
+    database_url: str, broker_url: str, sessions: Any, start_worker: Any, tmp_path: Path
 ) -> None:
-    """3 workers x 8 threads at 10/1 against a sandbox that counts as Laravel does (a fixed
-    window opened by the first call): no 429, never more than 10 calls in any second."""
+    """3 workers x 8 threads at 10/1 against a sandbox process that counts as Laravel does (a
+    fixed window opened by the first call): no 429, never more than 10 calls in any second."""
     from fpcancel.sandbox import admitted_arrivals, max_calls_in_window
 
-    with SandboxServer(token=TOKEN, rate_limit=(10, 1.0), rate_mode="laravel") as sandbox:
+    args = ("--rate-limit", "10/1", "--rate-mode", "laravel")
+    sandbox = SandboxCli(tmp_path / "sandbox.log", *args).wait_ready()
+    try:
         env = base_env(database_url, broker_url, sandbox, FPCANCEL_RATE_LIMIT="10/1")
         for _ in range(3):
             start_worker(env, concurrency=8)
         enqueue_orders(env, [f"ODR83{i:04d}" for i in range(80)])
         wait_until(lambda: all_terminal(sessions), 90, "every job terminal")
         assert set(statuses(sessions).values()) == {"succeeded"}
-        calls = sandbox.calls()
-        assert [c for c in calls if c["status"] == 429] == []
-        assert max_calls_in_window(admitted_arrivals(calls), 1.0) <= 10
+        calls = sandbox.control.calls()
+    finally:
+        sandbox.stop()
+    assert [c for c in calls if c["status"] == 429] == []
+    assert max_calls_in_window(admitted_arrivals(calls), 1.0) <= 10
 
 
 def test_one_thread_drains_a_bulk_at_the_limit(
